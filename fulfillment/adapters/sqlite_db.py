@@ -1,0 +1,75 @@
+"""A SQLite database shared safely by several processes (the gateway and the worker).
+
+WAL lets readers run beside one writer; every write transaction is `BEGIN IMMEDIATE`, so a read-then-write
+transaction takes the write lock up front and waits for it (busy timeout) instead of failing half-way.
+Each database object owns one connection used from one thread, so whole transactions run as plain
+functions off the event loop, never interleaved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from fulfillment.domain import StoreUnavailable
+
+T = TypeVar("T")
+BUSY_TIMEOUT_MS = 10_000
+
+
+class SqliteDatabase:
+    def __init__(self, path: Path, schema: str):
+        self.path = path
+        self._schema = schema
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{path.stem}")
+        self._connection: sqlite3.Connection | None = None
+
+    async def read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._run(query, write=False)
+
+    async def write(self, transaction: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._run(transaction, write=True)
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
+        self._executor.shutdown(wait=True)
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._call, work, write)
+
+    def _call(self, work: Callable[[sqlite3.Connection], T], write: bool) -> T:
+        try:
+            connection = self._connect()
+            if not write:
+                return work(connection)
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(connection)
+            except BaseException:
+                connection.rollback()
+                raise
+            connection.commit()
+            return result
+        except sqlite3.OperationalError as error:
+            raise StoreUnavailable(f"SQLite database {self.path}: {error}") from error
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+            connection.row_factory = sqlite3.Row
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            connection.executescript(self._schema)
+            self._connection = connection
+        return self._connection
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None

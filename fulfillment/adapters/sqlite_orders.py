@@ -1,0 +1,160 @@
+"""`OrderRepository` and `SagaOutbox` on SQLite: the embedded default order store."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+
+from fulfillment.adapters.documents import from_document, to_document
+from fulfillment.adapters.sqlite_db import SqliteDatabase
+from fulfillment.domain import FieldError, InvalidRequest, Order, OrderNotFound
+from fulfillment.ports import OutboxEntry, Page
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS orders (
+    id TEXT PRIMARY KEY,
+    customer_id TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    idempotency_key TEXT UNIQUE,
+    document TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS orders_by_customer ON orders (customer_id, created_at DESC, id DESC);
+CREATE TABLE IF NOT EXISTS saga_outbox (
+    order_id TEXT PRIMARY KEY REFERENCES orders (id),
+    available_at REAL NOT NULL,
+    claimed_by TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS saga_outbox_available ON saga_outbox (available_at);
+"""
+
+
+class SqliteOrderRepository:
+    def __init__(self, path: Path):
+        self._db = SqliteDatabase(path, SCHEMA)
+
+    # --- OrderRepository -----------------------------------------------------------------------
+
+    async def add(self, order: Order, *, idempotency_key: str | None = None) -> Order:
+        def insert(db: sqlite3.Connection) -> Order:
+            if idempotency_key is not None:
+                row = db.execute("SELECT document FROM orders WHERE idempotency_key = ?",
+                                 (idempotency_key,)).fetchone()
+                if row is not None:
+                    return _order(row)
+            db.execute(
+                "INSERT INTO orders (id, customer_id, created_at, idempotency_key, document) VALUES (?, ?, ?, ?, ?)",
+                (order.id, order.customer_id, order.created_at.isoformat(), idempotency_key,
+                 json.dumps(to_document(order))),
+            )
+            db.execute("INSERT INTO saga_outbox (order_id, available_at) VALUES (?, ?)", (order.id, time.time()))
+            return order
+
+        return await self._db.write(insert)
+
+    async def get(self, order_id: str) -> Order:
+        (order,) = await self.get_many([order_id])
+        if order is None:
+            raise OrderNotFound(order_id)
+        return order
+
+    async def get_many(self, order_ids: Sequence[str]) -> list[Order | None]:
+        def select(db: sqlite3.Connection) -> list[Order | None]:
+            placeholders = ",".join("?" * len(order_ids))
+            rows = db.execute(f"SELECT id, document FROM orders WHERE id IN ({placeholders})",
+                              list(order_ids)).fetchall()
+            found = {row["id"]: _order(row) for row in rows}
+            return [found.get(order_id) for order_id in order_ids]
+
+        return await self._db.read(select) if order_ids else []
+
+    async def list_by_customer(self, customer_id: str, *, limit: int, cursor: str | None = None) -> Page:
+        after = _decode_cursor(cursor) if cursor else None
+
+        def select(db: sqlite3.Connection) -> list[sqlite3.Row]:
+            if after is None:
+                return db.execute(
+                    "SELECT created_at, id, document FROM orders WHERE customer_id = ?"
+                    " ORDER BY created_at DESC, id DESC LIMIT ?", (customer_id, limit + 1)).fetchall()
+            return db.execute(
+                "SELECT created_at, id, document FROM orders WHERE customer_id = ? AND (created_at, id) < (?, ?)"
+                " ORDER BY created_at DESC, id DESC LIMIT ?", (customer_id, *after, limit + 1)).fetchall()
+
+        rows = await self._db.read(select)
+        page, more = rows[:limit], len(rows) > limit
+        next_cursor = _encode_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None
+        return Page(orders=[_order(row) for row in page], next_cursor=next_cursor)
+
+    async def update(self, order_id: str, change: Callable[[Order], None]) -> Order:
+        def apply(db: sqlite3.Connection) -> Order:
+            row = db.execute("SELECT document FROM orders WHERE id = ?", (order_id,)).fetchone()
+            if row is None:
+                raise OrderNotFound(order_id)
+            order = _order(row)
+            change(order)
+            db.execute("UPDATE orders SET document = ? WHERE id = ?", (json.dumps(to_document(order)), order_id))
+            return order
+
+        # BEGIN IMMEDIATE holds the write lock from the read to the write: no other writer can interleave.
+        return await self._db.write(apply)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    # --- SagaOutbox ----------------------------------------------------------------------------
+
+    async def claim(self, worker_id: str, *, limit: int, lease: timedelta) -> list[OutboxEntry]:
+        def take(db: sqlite3.Connection) -> list[OutboxEntry]:
+            now = time.time()
+            rows = db.execute(
+                "UPDATE saga_outbox SET claimed_by = ?, available_at = ?, attempts = attempts + 1"
+                " WHERE order_id IN (SELECT order_id FROM saga_outbox WHERE available_at <= ?"
+                " ORDER BY available_at LIMIT ?) RETURNING order_id, attempts",
+                (worker_id, now + lease.total_seconds(), now, limit)).fetchall()
+            return [OutboxEntry(row["order_id"], row["attempts"]) for row in rows]
+
+        return await self._db.write(take)
+
+    async def renew(self, worker_id: str, order_ids: Sequence[str], *, lease: timedelta) -> None:
+        def extend(db: sqlite3.Connection) -> None:
+            placeholders = ",".join("?" * len(order_ids))
+            db.execute(f"UPDATE saga_outbox SET available_at = ? WHERE claimed_by = ? AND order_id IN ({placeholders})",
+                       (time.time() + lease.total_seconds(), worker_id, *order_ids))
+
+        if order_ids:
+            await self._db.write(extend)
+
+    async def release(self, worker_id: str, order_id: str, *, error: str, retry_in: timedelta) -> None:
+        await self._db.write(lambda db: db.execute(
+            "UPDATE saga_outbox SET claimed_by = NULL, available_at = ?, last_error = ?"
+            " WHERE order_id = ? AND claimed_by = ?",
+            (time.time() + retry_in.total_seconds(), error, order_id, worker_id)))
+
+    async def done(self, order_id: str) -> None:
+        await self._db.write(lambda db: db.execute("DELETE FROM saga_outbox WHERE order_id = ?", (order_id,)))
+
+    async def pending_count(self) -> int:
+        return await self._db.read(lambda db: db.execute("SELECT count(*) FROM saga_outbox").fetchone()[0])
+
+
+def _order(row: sqlite3.Row) -> Order:
+    return from_document(json.loads(row["document"]))
+
+
+def _encode_cursor(created_at: str, order_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([created_at, order_id]).encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        created_at, order_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return str(created_at), str(order_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise InvalidRequest([FieldError("after", "is not a cursor returned by this API")]) from None

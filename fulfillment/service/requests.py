@@ -1,0 +1,77 @@
+"""Turning untrusted input into a new `Order`, in two stages that map to distinct errors.
+
+1. Shape (`InvalidRequest`, dead-letter reason `DeserializationFailed`): an object with the right keys and types.
+2. Rules (`InvalidOrder`, dead-letter reason `ValidationFailed`): the order rules of contract §1, in the domain.
+
+JSON must be decoded with `decode_json`, so that prices arrive as exact decimals rather than binary floats.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError
+
+from fulfillment.domain import FieldError, InvalidRequest, Order, OrderItem
+
+
+def _exact_number(value: Any) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise ValueError("must be a number")
+    # A float can only come from a non-JSON caller (GraphQL `Float`); its shortest repr is what was typed.
+    return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+
+
+ExactNumber = Annotated[Decimal, PlainValidator(_exact_number)]
+
+
+class _ItemRequest(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True)
+    productId: str
+    productName: str
+    quantity: int
+    unitPrice: ExactNumber
+
+
+class CreateOrderRequest(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True)
+    customerId: str
+    items: list[_ItemRequest]
+
+
+def decode_json(body: bytes | str) -> Any:
+    """Raises `ValueError` (json.JSONDecodeError) when the body is not JSON."""
+    return json.loads(body, parse_float=Decimal)
+
+
+def parse_create_order(payload: Any) -> CreateOrderRequest:
+    try:
+        return CreateOrderRequest.model_validate(payload)
+    except ValidationError as exc:
+        raise InvalidRequest([FieldError(_field_path(e["loc"]), _message(e)) for e in exc.errors()]) from None
+
+
+def new_order(request: CreateOrderRequest) -> Order:
+    """Raises `InvalidOrder` when the request breaks the order rules."""
+    items = [
+        OrderItem(product_id=i.productId, product_name=i.productName, quantity=i.quantity, unit_price=i.unitPrice)
+        for i in request.items
+    ]
+    return Order.place(request.customerId, items)
+
+
+def _field_path(location: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "body"
+
+
+def _message(error: Any) -> str:
+    if error["type"] == "missing":
+        return "is required"
+    if error["type"] == "model_type":
+        return "must be a JSON object"
+    return error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")

@@ -1,0 +1,18 @@
+"""Serves the gateway with uvicorn: `python -m gateway`."""
+
+import uvicorn
+
+from fulfillment.logs import configure_logging
+from fulfillment.settings import Settings
+from gateway.app import create_app
+
+
+def main() -> None:
+    configure_logging()
+    settings = Settings()
+    uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port, log_level="warning",
+                access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Errors at the HTTP boundary: every failure becomes JSON `{"error", "message", ...}`, never a stack trace."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from fulfillment.bootstrap import Container
+from fulfillment.domain import (
+    ConcurrencyConflict,
+    InvalidOrder,
+    InvalidRequest,
+    InvalidTransition,
+    OrderNotFound,
+    StoreUnavailable,
+)
+
+log = logging.getLogger("gateway.errors")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        self.status, self.code, self.message = status, code, message
+        super().__init__(message)
+
+
+def services(request: Request) -> Container:
+    return request.state.container
+
+
+def _body(code: str, message: str, **more) -> dict:
+    return {"error": code, "message": message, **more}
+
+
+async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return JSONResponse(_body(exc.code, exc.message), status_code=exc.status)
+
+
+async def invalid_request(request: Request, exc: InvalidRequest) -> JSONResponse:
+    code = "validation_failed" if isinstance(exc, InvalidOrder) else "invalid_request"
+    errors = [{"field": e.field, "message": e.message} for e in exc.errors]
+    return JSONResponse(_body(code, str(exc), errors=errors), status_code=400)
+
+
+async def not_found(request: Request, exc: OrderNotFound) -> JSONResponse:
+    return JSONResponse(_body("not_found", str(exc)), status_code=404)
+
+
+async def conflict(request: Request, exc: InvalidTransition | ConcurrencyConflict) -> JSONResponse:
+    return JSONResponse(_body("conflict", str(exc)), status_code=409)
+
+
+async def unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+    log.error("store unavailable", extra={"path": request.url.path, "error": str(exc)})
+    return JSONResponse(_body("unavailable", "the order store is unavailable, try again"), status_code=503,
+                        headers={"Retry-After": "1"})
+
+
+async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    return JSONResponse(_body("http_error", exc.detail), status_code=exc.status_code, headers=exc.headers)
+
+
+async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error", extra={"path": request.url.path})
+    return JSONResponse(_body("internal_error", "an unexpected error occurred; it has been logged"),
+                        status_code=500)
+
+
+exception_handlers = {
+    ApiError: api_error,
+    InvalidRequest: invalid_request,
+    OrderNotFound: not_found,
+    InvalidTransition: conflict,
+    ConcurrencyConflict: conflict,
+    StoreUnavailable: unavailable,
+    HTTPException: http_error,
+    Exception: unexpected,
+}

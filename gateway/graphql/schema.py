@@ -1,0 +1,169 @@
+"""The GraphQL schema: queries, mutations and a subscription over the one order service.
+
+Expected failures are typed results (`ValidationError`, `NotFoundError`, `InvalidStateError`); anything
+unexpected is masked by `MaskErrors` and logged, never shown as a stack trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from typing import Annotated
+
+import strawberry
+from strawberry.extensions import MaskErrors, QueryDepthLimiter
+from strawberry.types import Info
+
+from fulfillment.domain import FieldError as DomainFieldError
+from fulfillment.domain import InvalidRequest, InvalidTransition, OrderNotFound
+from gateway.graphql.types import Order, OrderConnection, OrderEdge, PageInfo, SagaState
+from gateway.rest import parse_order_id
+
+STATUS_POLL_SECONDS = 0.5
+
+
+@strawberry.input
+class OrderItemInput:
+    product_id: str
+    product_name: str
+    quantity: int
+    unit_price: float
+
+
+@strawberry.input
+class CreateOrderInput:
+    customer_id: str
+    items: list[OrderItemInput]
+
+
+@strawberry.type
+class FieldError:
+    field: str
+    message: str
+
+
+@strawberry.type(description="The input broke a rule; nothing was stored.")
+class ValidationError:
+    errors: list[FieldError]
+
+
+@strawberry.type
+class OrderCreated:
+    order: Order
+
+
+@strawberry.type
+class NotFoundError:
+    id: strawberry.ID
+    message: str
+
+
+@strawberry.type(description="The order's status does not allow this (e.g. it has already completed).")
+class InvalidStateError:
+    message: str
+
+
+@strawberry.type(description="The saga stops at its next step, compensates, and the order ends cancelled.")
+class OrderCancellationRequested:
+    order: Order
+
+
+CreateOrderResult = Annotated[OrderCreated | ValidationError, strawberry.union("CreateOrderResult")]
+CancelOrderResult = Annotated[
+    OrderCancellationRequested | NotFoundError | InvalidStateError | ValidationError,
+    strawberry.union("CancelOrderResult"),
+]
+
+
+def _validation_error(error: InvalidRequest) -> ValidationError:
+    return ValidationError(errors=[FieldError(field=e.field, message=e.message) for e in error.errors])
+
+
+async def _load(info: Info, order_id: str) -> Order | None:
+    try:
+        order = await info.context.orders.load(parse_order_id(order_id))
+    except InvalidRequest:
+        return None
+    return Order.from_domain(order) if order else None
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="An order by id; null if there is none.")
+    async def order(self, info: Info, id: strawberry.ID) -> Order | None:
+        return await _load(info, id)
+
+    @strawberry.field(description="A customer's orders, newest first.")
+    async def orders_by_customer(self, info: Info, customer_id: str, first: int | None = None,
+                                 after: str | None = None) -> OrderConnection:
+        if first is not None and first < 1:
+            raise InvalidRequest([DomainFieldError("first", f"must be 1 or more, got {first}")])
+        page = await info.context.container.order_service.list_by_customer(customer_id, first=first, after=after)
+        return OrderConnection(
+            edges=[OrderEdge(node=Order.from_domain(order)) for order in page.orders],
+            page_info=PageInfo(has_next_page=page.next_cursor is not None, end_cursor=page.next_cursor),
+        )
+
+    @strawberry.field(description="The saga state of an order; null if there is no such order.")
+    async def saga_state(self, info: Info, order_id: strawberry.ID) -> SagaState | None:
+        order = await _load(info, order_id)
+        return order.saga if order else None
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(description="Places an order and starts its saga.")
+    async def create_order(self, info: Info, input: CreateOrderInput) -> CreateOrderResult:
+        payload = {
+            "customerId": input.customer_id,
+            "items": [{"productId": i.product_id, "productName": i.product_name, "quantity": i.quantity,
+                       "unitPrice": i.unit_price} for i in input.items],
+        }
+        try:
+            order = await info.context.container.order_service.place(payload, source="graphql")
+        except InvalidRequest as error:
+            return _validation_error(error)
+        return OrderCreated(order=Order.from_domain(order))
+
+    @strawberry.mutation(description="Cancels an order that has not finished: its compensations run.")
+    async def cancel_order(self, info: Info, id: strawberry.ID) -> CancelOrderResult:
+        try:
+            order = await info.context.container.order_service.cancel(parse_order_id(id))
+        except InvalidRequest as error:
+            return _validation_error(error)
+        except OrderNotFound as error:
+            return NotFoundError(id=id, message=str(error))
+        except InvalidTransition as error:
+            return InvalidStateError(message=str(error))
+        return OrderCancellationRequested(order=Order.from_domain(order))
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(description="The order each time its status changes, until it is terminal.")
+    async def order_status_changed(self, info: Info, id: strawberry.ID) -> AsyncGenerator[Order, None]:
+        service = info.context.container.order_service
+        order_id, last = parse_order_id(id), None
+        while True:
+            order = await service.get(order_id)
+            if order.status != last:
+                last = order.status
+                yield Order.from_domain(order)
+            if order.status.is_terminal:
+                return
+            await asyncio.sleep(STATUS_POLL_SECONDS)
+
+
+def create_schema(max_depth: int) -> strawberry.Schema:
+    return strawberry.Schema(
+        query=Query,
+        mutation=Mutation,
+        subscription=Subscription,
+        extensions=[QueryDepthLimiter(max_depth=max_depth), MaskErrors(should_mask_error=_is_unexpected)],
+    )
+
+
+def _is_unexpected(error) -> bool:
+    """GraphQL's own errors and those the client caused (bad cursor, unknown order) keep their message."""
+    original = error.original_error
+    return original is not None and not isinstance(original, InvalidRequest | OrderNotFound)

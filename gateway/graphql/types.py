@@ -1,0 +1,126 @@
+"""GraphQL object types, each built from its domain object with `from_domain`."""
+
+from __future__ import annotations
+
+import strawberry
+from strawberry.types import Info
+
+from fulfillment.domain import Order as DomainOrder
+from fulfillment.domain import OrderItem as DomainItem
+from fulfillment.domain import OrderStatus as DomainStatus
+from fulfillment.domain import SagaState as DomainSaga
+from gateway.rest import iso_utc
+
+OrderStatus = strawberry.enum(DomainStatus, name="OrderStatus", description="Where an order is in its saga.")
+
+
+@strawberry.type
+class OrderItem:
+    product_id: str
+    product_name: str
+    quantity: int
+    unit_price: float
+    total_price: float
+
+    @classmethod
+    def from_domain(cls, item: DomainItem) -> OrderItem:
+        return cls(product_id=item.product_id, product_name=item.product_name, quantity=item.quantity,
+                   unit_price=float(item.unit_price), total_price=float(item.total_price))
+
+
+@strawberry.type
+class CompensationFailure:
+    step: str
+    error: str
+    manual_intervention_required: bool
+
+
+@strawberry.type(description="What the saga did to an order, for audit.")
+class SagaState:
+    order_id: strawberry.ID
+    completed_steps: list[str]
+    compensated_steps: list[str]
+    reservation_id: str | None
+    transaction_id: str | None
+    tracking_id: str | None
+    failed_step: str | None
+    failure_reason: str | None
+    compensation_failures: list[CompensationFailure]
+
+    @classmethod
+    def from_domain(cls, saga: DomainSaga) -> SagaState:
+        return cls(
+            order_id=strawberry.ID(saga.order_id),
+            completed_steps=[str(s) for s in saga.completed_steps],
+            compensated_steps=[str(c) for c in saga.compensated_steps],
+            reservation_id=saga.reservation_id,
+            transaction_id=saga.transaction_id,
+            tracking_id=saga.tracking_id,
+            failed_step=saga.failed_step,
+            failure_reason=saga.failure_reason,
+            compensation_failures=[
+                CompensationFailure(step=f.step, error=f.error,
+                                    manual_intervention_required=f.manual_intervention_required)
+                for f in saga.compensation_failures
+            ],
+        )
+
+
+@strawberry.type(description="The order's saga run in Prefect.")
+class FlowRun:
+    id: strawberry.ID
+    state: str
+    url: str = strawberry.field(description="Opens the run in the Prefect UI.")
+
+
+@strawberry.type
+class Order:
+    id: strawberry.ID
+    customer_id: str
+    status: OrderStatus
+    total_amount: float
+    created_at: str
+    completed_at: str | None
+    failure_reason: str | None
+    items: list[OrderItem]
+    saga: SagaState
+    flow_run_id: strawberry.Private[str | None]
+
+    @strawberry.field(description="The saga's Prefect flow run; null until the worker has started it.")
+    async def flow_run(self, info: Info) -> FlowRun | None:
+        if self.flow_run_id is None:
+            return None
+        run = await info.context.container.monitor.flow_run(self.flow_run_id)
+        return FlowRun(id=strawberry.ID(run.id), state=run.state, url=run.url) if run else None
+
+    @classmethod
+    def from_domain(cls, order: DomainOrder) -> Order:
+        return cls(
+            id=strawberry.ID(order.id),
+            customer_id=order.customer_id,
+            status=order.status,
+            total_amount=float(order.total_amount),
+            created_at=iso_utc(order.created_at),
+            completed_at=iso_utc(order.completed_at) if order.completed_at else None,
+            failure_reason=order.failure_reason,
+            items=[OrderItem.from_domain(i) for i in order.items],
+            saga=SagaState.from_domain(order.saga),
+            flow_run_id=order.flow_run_id,
+        )
+
+
+@strawberry.type
+class OrderEdge:
+    node: Order
+
+
+@strawberry.type
+class PageInfo:
+    has_next_page: bool
+    end_cursor: str | None
+
+
+@strawberry.type
+class OrderConnection:
+    edges: list[OrderEdge]
+    page_info: PageInfo

@@ -1,0 +1,123 @@
+"""The REST compatibility routes of contract §3: parse, call the order service, map the result."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from fulfillment.domain import FieldError, InvalidRequest, Order
+from fulfillment.service.requests import decode_json
+from gateway.errors import ApiError, services
+
+JSON_TYPES = ("application/json", "application/cloudevents+json", "application/cloudevents-batch+json")
+
+
+async def create_order(request: Request) -> Response:
+    payload = await read_json(request)
+    order = await services(request).order_service.place(payload, source="rest")
+    return JsonResponse(order_json(order), status_code=202, headers={"Location": f"/api/orders/{order.id}"})
+
+
+async def get_order(request: Request) -> Response:
+    order_id = parse_order_id(request.path_params["id"])
+    return JsonResponse(order_json(await services(request).order_service.get(order_id)))
+
+
+async def orders_by_customer(request: Request) -> Response:
+    limit = _positive_int(request.query_params.get("limit"), "limit")
+    page = await services(request).order_service.list_by_customer(
+        request.path_params["customerId"], first=limit, after=request.query_params.get("cursor"))
+    headers = {"X-Next-Cursor": page.next_cursor} if page.next_cursor else None
+    return JsonResponse([order_json(order) for order in page.orders], headers=headers)
+
+
+async def read_json(request: Request) -> Any:
+    """The request body decoded as JSON, or the 413 / 415 / 400 that explains why not."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type not in JSON_TYPES:
+        raise ApiError(415, "unsupported_media_type", f"send JSON with Content-Type: application/json, "
+                                                      f"not {media_type or 'no content type'}")
+    limit = services(request).settings.max_body_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(limit)
+    try:
+        return decode_json(body)
+    except ValueError as error:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
+
+
+def parse_order_id(raw: str) -> str:
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise InvalidRequest([FieldError("id", f"must be a UUID, got {raw!r}")]) from None
+
+
+def order_json(order: Order) -> dict[str, Any]:
+    """An order exactly as the seed's samples show it."""
+    return {
+        "id": order.id,
+        "customerId": order.customer_id,
+        "status": order.status.value,
+        "totalAmount": order.total_amount,
+        "createdAt": iso_utc(order.created_at),
+        "completedAt": iso_utc(order.completed_at) if order.completed_at else None,
+        "failureReason": order.failure_reason,
+        "items": [
+            {"productId": i.product_id, "productName": i.product_name, "quantity": i.quantity,
+             "unitPrice": i.unit_price}
+            for i in order.items
+        ],
+    }
+
+
+def iso_utc(moment) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class JsonResponse(JSONResponse):
+    """JSON with exact amounts: a Decimal is written as the number it is (149.93, never 149.92999...)."""
+
+    def render(self, content: Any) -> bytes:
+        return super().render(_numbers(content))
+
+
+def _numbers(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        # float() of a 2-decimal amount prints back as the same shortest decimal (repr round-trips).
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {key: _numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_numbers(item) for item in value]
+    return value
+
+
+def _positive_int(raw: str | None, name: str) -> int | None:
+    if raw is None:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise InvalidRequest([FieldError(name, f"must be a whole number of 1 or more, got {raw!r}")])
+    return int(raw)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes")
+
+
+routes = [
+    Route("/api/orders", create_order, methods=["POST"]),
+    Route("/api/orders/customer/{customerId}", orders_by_customer, methods=["GET"]),
+    Route("/api/orders/{id}", get_order, methods=["GET"]),
+]
