@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fulfillment.adapters.http_services import HttpInventory, HttpPayments, HttpShipping
+from fulfillment.adapters.log_failures import LogFailureAnnouncer
 from fulfillment.adapters.prefect_monitor import PrefectMonitor
 from fulfillment.adapters.sqlite_orders import SqliteOrderRepository
 from fulfillment.adapters.sqlite_services import (
@@ -13,7 +15,7 @@ from fulfillment.adapters.sqlite_services import (
     SqlitePayments,
     SqliteShipping,
 )
-from fulfillment.ports import Inventory, OrderRepository, Payments, SagaMonitor, SagaOutbox, Shipping
+from fulfillment.ports import FailureAnnouncer, Inventory, OrderRepository, Payments, SagaMonitor, SagaOutbox, Shipping
 from fulfillment.service import OrderSaga, OrderService, RetryPolicy, SagaActions
 from fulfillment.settings import Settings
 
@@ -27,9 +29,12 @@ class Container:
     payments: Payments
     shipping: Shipping
     monitor: SagaMonitor
+    failures: FailureAnnouncer
     order_service: OrderService
     saga_actions: SagaActions
     saga: OrderSaga
+    embedded_services: tuple[Inventory, Payments, Shipping]
+    """The embedded inventory, payments and shipping, which the gateway also serves over HTTP."""
     _closers: list
 
     async def aclose(self) -> None:
@@ -42,10 +47,25 @@ def bootstrap(settings: Settings | None = None, **overrides) -> Container:
     settings = settings or Settings()
     orders = overrides.get("orders") or SqliteOrderRepository(settings.data_dir / "orders.db")
     embedded = EmbeddedServices(settings.data_dir / "services.db", FaultInjector(settings.transient_fault_rate))
-    inventory = overrides.get("inventory") or SqliteInventory(embedded, settings.default_stock)
-    payments = overrides.get("payments") or SqlitePayments(embedded, settings.credit_limit)
-    shipping = overrides.get("shipping") or SqliteShipping(embedded)
+    closers = [orders.close, embedded.close]
+
+    def downstream(name, base_url, http_client, make_embedded):
+        if name in overrides:
+            return overrides[name]
+        if base_url:
+            client = http_client(base_url, timeout=settings.downstream_timeout_seconds)
+            closers.append(client.aclose)
+            return client
+        return make_embedded()
+
+    inventory = downstream("inventory", settings.inventory_base_url, HttpInventory,
+                           lambda: SqliteInventory(embedded, settings.default_stock))
+    payments = downstream("payments", settings.payment_base_url, HttpPayments,
+                          lambda: SqlitePayments(embedded, settings.credit_limit))
+    shipping = downstream("shipping", settings.shipping_base_url, HttpShipping, lambda: SqliteShipping(embedded))
     monitor = overrides.get("monitor") or PrefectMonitor(settings.prefect_api_url, settings.prefect_ui_url)
+    failures = overrides.get("failures") or LogFailureAnnouncer()
+    closers += [monitor.aclose, failures.aclose]
     actions = SagaActions(orders, inventory, payments, shipping,
                           RetryPolicy(settings.step_attempts, settings.retry_base_seconds))
     return Container(
@@ -56,8 +76,11 @@ def bootstrap(settings: Settings | None = None, **overrides) -> Container:
         payments=payments,
         shipping=shipping,
         monitor=monitor,
+        failures=failures,
         order_service=OrderService(orders, max_page_size=settings.page_size_max),
         saga_actions=actions,
         saga=OrderSaga(orders, actions, settings.saga_timeout_seconds),
-        _closers=[orders.close, embedded.close, monitor.aclose],
+        embedded_services=(SqliteInventory(embedded, settings.default_stock),
+                           SqlitePayments(embedded, settings.credit_limit), SqliteShipping(embedded)),
+        _closers=closers,
     )

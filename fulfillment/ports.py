@@ -119,6 +119,8 @@ class FailureAnnouncer(Protocol):
 
     async def order_failed(self, order: Order) -> None: ...
 
+    async def aclose(self) -> None: ...
+
 
 @dataclass(frozen=True)
 class FlowRunInfo:

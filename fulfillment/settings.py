@@ -31,6 +31,28 @@ class Settings(BaseSettings):
     credit_limit: Decimal = _option(Decimal("5000.00"), "OrderProcessing__CreditLimit", ge=0)
     transient_fault_rate: float = _option(0.0, "OrderProcessing__TransientFaultRate", ge=0, lt=1)
 
+    # Real downstream services over HTTP (docs/downstream-http.md); unset = the embedded ones
+    inventory_base_url: str | None = _option(None, "InventoryService__BaseUrl")
+    payment_base_url: str | None = _option(None, "PaymentService__BaseUrl")
+    shipping_base_url: str | None = _option(None, "ShippingService__BaseUrl")
+    downstream_timeout_seconds: float = _option(5.0, "OrderProcessing__DownstreamTimeoutSeconds", gt=0)
+
+    # Azure Service Bus (contract §5): the connection string is read from the variable this names
+    service_bus_connection_name: str = _option("ServiceBusConnection", "OrderProcessing__ServiceBusConnectionName")
+    orders_queue: str = _option("orders", "OrderProcessing__OrdersQueue")
+    order_failures_queue: str = _option("order-failures", "OrderProcessing__OrderFailuresQueue")
+    service_bus_max_concurrency: int = _option(8, "OrderProcessing__ServiceBusMaxConcurrency", ge=1, le=256)
+    service_bus_prefetch: int = _option(16, "OrderProcessing__ServiceBusPrefetch", ge=0, le=1000)
+    service_bus_max_lock_renewal_seconds: float = _option(300, "OrderProcessing__ServiceBusMaxLockRenewalSeconds", gt=0)
+
+    # Azure Cosmos DB order store (contract §7): selected by a connection string or an account endpoint
+    cosmos_connection_string: str = _option("", "OrderProcessing__CosmosConnectionString")
+    cosmos_endpoint: str = _option("", "OrderProcessing__CosmosEndpoint")
+    cosmos_database_name: str = _option("orders-db", "OrderProcessing__CosmosDatabaseName")
+    cosmos_container_name: str = _option("orders", "OrderProcessing__CosmosContainerName")
+    cosmos_create_if_missing: bool = _option(True, "OrderProcessing__CosmosCreateIfMissing")
+    cosmos_verify_tls: bool = _option(True, "OrderProcessing__CosmosVerifyTls")
+
     # Worker
     worker_concurrency: int = _option(8, "OrderProcessing__WorkerConcurrency", ge=1, le=256)
     outbox_poll_seconds: float = _option(0.2, "OrderProcessing__OutboxPollSeconds", gt=0)
@@ -38,7 +60,6 @@ class Settings(BaseSettings):
     # Prefect
     prefect_api_url: str = _option("http://127.0.0.1:4200/api", "PREFECT_API_URL")
     prefect_ui_url: str = _option("http://127.0.0.1:4200", "PREFECT_UI_URL")
-    deployment_name: str = _option("order-saga/order-saga", "OrderProcessing__SagaDeployment")
 
     # Gateway
     gateway_host: str = _option("127.0.0.1", "OrderProcessing__GatewayHost")

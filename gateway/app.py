@@ -1,4 +1,4 @@
-"""The gateway app factory: REST shims, /graphql, health checks, over one container of services."""
+"""The gateway app factory: REST shims, /graphql, health checks and the embedded downstream services."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
 from strawberry.asgi import GraphQL
 
 from fulfillment.bootstrap import bootstrap
 from fulfillment.settings import Settings
 from gateway import health, rest
+from gateway.downstream import downstream_routes
 from gateway.errors import exception_handlers
 from gateway.graphql.context import Context
 from gateway.graphql.schema import create_schema
@@ -23,12 +24,12 @@ class GraphQLApp(GraphQL):
 
 
 def create_app(settings: Settings | None = None, **overrides) -> Starlette:
-    """The services are built when the app starts (lifespan) and closed when it stops."""
-    settings = settings or Settings()
+    """`overrides` replace single adapters (see `bootstrap`); the services are closed when the app stops."""
+    container = bootstrap(settings or Settings(), **overrides)
+    settings = container.settings
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict]:
-        container = bootstrap(settings, **overrides)
         try:
             yield {"container": container}
         finally:
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None, **overrides) -> Starlette:
             *health.routes,
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
+            Mount("/services", routes=downstream_routes(*container.embedded_services)),
         ],
         exception_handlers=exception_handlers,
         lifespan=lifespan,

@@ -53,7 +53,7 @@ class _Item(BaseModel):
     model_config = ConfigDict(strict=True, frozen=True)
     productId: Text
     productName: Text
-    quantity: int
+    quantity: int = Field(ge=1)
     unitPrice: Money
 
     def to_domain(self) -> OrderItem:

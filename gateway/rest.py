@@ -30,8 +30,12 @@ async def get_order(request: Request) -> Response:
 
 async def orders_by_customer(request: Request) -> Response:
     limit = _positive_int(request.query_params.get("limit"), "limit")
-    page = await services(request).order_service.list_by_customer(
-        request.path_params["customerId"], first=limit, after=request.query_params.get("cursor"))
+    try:
+        page = await services(request).order_service.list_by_customer(
+            request.path_params["customerId"], first=limit, after=request.query_params.get("cursor"))
+    except InvalidRequest as error:  # the store names the cursor `after` (GraphQL); here it is `?cursor=`
+        raise InvalidRequest([FieldError("cursor" if e.field == "after" else e.field, e.message)
+                              for e in error.errors]) from None
     headers = {"X-Next-Cursor": page.next_cursor} if page.next_cursor else None
     return JsonResponse([order_json(order) for order in page.orders], headers=headers)
 

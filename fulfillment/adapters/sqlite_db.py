@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +20,7 @@ from fulfillment.domain import StoreUnavailable
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 10_000
+INIT_ATTEMPTS = 5
 
 
 class SqliteDatabase:
@@ -62,12 +64,25 @@ class SqliteDatabase:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             connection = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
             connection.row_factory = sqlite3.Row
-            connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=FULL")
-            connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            connection.executescript(self._schema)
+            self._initialise(connection)
             self._connection = connection
         return self._connection
+
+    def _initialise(self, connection: sqlite3.Connection) -> None:
+        """WAL mode and the schema. While a new file is still in rollback-journal mode, two processes creating
+        the schema at once can deadlock, and SQLite then answers "locked" at once instead of waiting: retry."""
+        for attempt in range(1, INIT_ATTEMPTS + 1):
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.executescript(f"BEGIN IMMEDIATE; {self._schema} COMMIT;")
+                return
+            except sqlite3.OperationalError as error:
+                if connection.in_transaction:
+                    connection.rollback()
+                if "locked" not in str(error) or attempt == INIT_ATTEMPTS:
+                    raise
+                time.sleep(0.05 * attempt)
 
     def _close(self) -> None:
         if self._connection is not None:

@@ -11,6 +11,7 @@ from collections.abc import AsyncGenerator
 from typing import Annotated
 
 import strawberry
+from graphql import GraphQLError
 from strawberry.extensions import MaskErrors, QueryDepthLimiter
 from strawberry.types import Info
 
@@ -166,4 +167,6 @@ def create_schema(max_depth: int) -> strawberry.Schema:
 def _is_unexpected(error) -> bool:
     """GraphQL's own errors and those the client caused (bad cursor, unknown order) keep their message."""
     original = error.original_error
+    while isinstance(original, GraphQLError):  # GraphQL's own, e.g. a variable of the wrong type
+        original = original.original_error
     return original is not None and not isinstance(original, InvalidRequest | OrderNotFound)

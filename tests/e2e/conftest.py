@@ -1,0 +1,116 @@
+"""The whole stack started the way the README starts it (`make up`), on free ports and a temporary data dir."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fulfillment.adapters.sqlite_orders import SqliteOrderRepository
+from fulfillment.service.requests import new_order, parse_create_order
+from tests.conftest import SEED_ORDER
+
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 180
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Stack:
+    gateway: str
+    prefect_api: str
+    data_dir: Path
+    log: Path
+
+    def post_order(self, payload: dict) -> dict:
+        response = httpx.post(f"{self.gateway}/api/orders", json=payload, timeout=10)
+        assert response.status_code == 202, response.text
+        return response.json()
+
+    def wait_terminal(self, order_id: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            order = httpx.get(f"{self.gateway}/api/orders/{order_id}", timeout=10).json()
+            if order["status"] in ("completed", "failed", "cancelled"):
+                return order
+            time.sleep(0.2)
+        raise AssertionError(f"order {order_id} still {order['status']} after {timeout}s\n{self.log.read_text()[-3000:]}")
+
+    def graphql(self, query: str, **variables) -> dict:
+        response = httpx.post(f"{self.gateway}/graphql", json={"query": query, "variables": variables}, timeout=10)
+        body = response.json()
+        assert "errors" not in body, body
+        return body["data"]
+
+
+def start_stack(data_dir: Path, log: Path) -> tuple[subprocess.Popen, Stack]:
+    prefect_port, gateway_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "OrderProcessing__DataDir": str(data_dir),
+        "OrderProcessing__GatewayPort": str(gateway_port),
+        "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
+        "PREFECT_UI_URL": f"http://127.0.0.1:{prefect_port}",
+    }
+    process = subprocess.Popen(["make", "up"], cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    stack = Stack(f"http://127.0.0.1:{gateway_port}", env["PREFECT_API_URL"], data_dir, log)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while "order-saga is up" not in log.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_stack(process, log)
+            raise AssertionError(f"the stack did not start:\n{log.read_text()[-5000:]}")
+        time.sleep(0.5)
+    return process, stack
+
+
+def stop_stack(process: subprocess.Popen, log: Path) -> None:
+    """SIGTERM to the whole `make up` process group, as a service manager does; the stack must stop cleanly."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while not log.read_text().rstrip().endswith("stopped"):
+        assert time.monotonic() < deadline, f"the stack did not stop cleanly:\n{log.read_text()[-3000:]}"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def stack_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("stack")
+
+
+@pytest.fixture(scope="session")
+def preloaded_order(stack_dir) -> str:
+    """An order stored as if a process had died right after persisting it: in the outbox, no flow run yet."""
+
+    async def store() -> str:
+        repository = SqliteOrderRepository(stack_dir / "var" / "orders.db")
+        try:
+            order = new_order(parse_create_order(copy.deepcopy(SEED_ORDER)))
+            return (await repository.add(order)).id
+        finally:
+            await repository.close()
+
+    return asyncio.run(store())
+
+
+@pytest.fixture(scope="session")
+def stack(stack_dir, preloaded_order):
+    process, stack = start_stack(stack_dir / "var", stack_dir / "stack.log")
+    yield stack
+    stop_stack(process, stack.log)
