@@ -34,11 +34,11 @@ import binascii
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError
@@ -58,6 +58,7 @@ from fulfillment.ports import OutboxEntry, Page
 from fulfillment.settings import Settings
 
 Document = dict[str, Any]
+T = TypeVar("T")
 
 ORDER = "order"
 IDEMPOTENCY_RECORD = "idempotencyKey"
@@ -211,7 +212,10 @@ class CosmosOrderRepository:
         target = self._target
         async with AsyncExitStack() as opening:
             credential = target.key or await opening.enter_async_context(DefaultAzureCredential())
-            client = await opening.enter_async_context(CosmosClient(target.endpoint, credential, **_client_options(target)))
+            client = CosmosClient(target.endpoint, credential, **_client_options(target))
+            # Closed even if entering fails: the SDK's __aenter__ then leaves its HTTP session open.
+            opening.push_async_callback(client.close)
+            await client.__aenter__()
             container = await _container(client, target)
             self._resources = opening.pop_all()
         return container
@@ -276,13 +280,20 @@ class CosmosOrderRepository:
 
 async def _container(client: CosmosClient, target: CosmosTarget) -> ContainerProxy:
     if target.create_if_missing:
-        database = await client.create_database_if_not_exists(target.database)
-        return await database.create_container_if_not_exists(
-            target.container, partition_key=PartitionKey("/id"), indexing_policy=INDEXING_POLICY)
+        database = await _if_not_exists(lambda: client.create_database_if_not_exists(target.database))
+        return await _if_not_exists(lambda: database.create_container_if_not_exists(
+            target.container, partition_key=PartitionKey("/id"), indexing_policy=INDEXING_POLICY))
     container = client.get_database_client(target.database).get_container_client(target.container)
     # A missing container must fail here: later, its 404 would read as "no such order".
     await container.read()
     return container
+
+
+async def _if_not_exists(create: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await create()
+    except CosmosResourceExistsError:  # another process created it between the SDK's read and its create
+        return await create()
 
 
 async def _claim(container: ContainerProxy, document: Document, worker_id: str, until: float) -> OutboxEntry | None:

@@ -66,8 +66,9 @@ def start_stack(data_dir: Path, log: Path) -> tuple[subprocess.Popen, Stack]:
         "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
         "PREFECT_UI_URL": f"http://127.0.0.1:{prefect_port}",
     }
-    process = subprocess.Popen(["make", "up"], cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    with log.open("w") as output:
+        process = subprocess.Popen(["make", "up"], cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
     stack = Stack(f"http://127.0.0.1:{gateway_port}", env["PREFECT_API_URL"], data_dir, log)
     deadline = time.monotonic() + START_TIMEOUT_S
     while "order-saga is up" not in log.read_text():
