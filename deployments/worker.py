@@ -1,11 +1,11 @@
-"""The saga worker: turns outbox entries into flow runs of the `order-saga` deployment and executes them.
+"""The worker: turns the store's durable queues into Prefect flow runs and executes them in this process.
 
-For each claimed order it creates (or finds, by idempotency key = order id) the flow run `order-<id>`,
-claims that run in Prefect by moving it to Pending, and executes it in this long-lived process with
-`run_flow_async`: no subprocess per flow run, which would cost about a second of CPU each on 2 cores.
-Several sagas run at once (option `WorkerConcurrency`). The outbox lease is renewed while a saga runs; if
-this process dies, the lease runs out and the order is claimed again, and the idempotent steps make the
-re-run safe. Run with `python -m deployments.worker`.
+For each job (an order in the saga outbox, an inventory event in the inbox) it creates, or finds by
+idempotency key, the job's flow run of the deployment declared in `prefect.yaml`, claims that run in Prefect
+by moving it to Pending, and executes it here with `run_flow_async`: no subprocess per flow run, which would
+cost about a second of CPU each on 2 cores. Several jobs run at once (option `WorkerConcurrency`). Leases are
+renewed while a job runs; if this process dies they run out and the jobs are claimed again, and the
+idempotent steps make the re-run safe. Run with `python -m deployments.worker`.
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ from uuid import UUID
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.flow_engine import run_flow_async
+from prefect.flows import Flow
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.states import Pending
 
+from deployments.jobs import InventoryEventJobs, Job, JobSource, SagaJobs
 from deployments.registration import register_deployments
 from flows import runtime
-from flows.order_saga import order_saga
 from fulfillment.bootstrap import Container, bootstrap
 from fulfillment.logs import configure_logging
-from fulfillment.ports import OutboxEntry
 
 log = logging.getLogger("fulfillment.worker")
 
@@ -38,63 +38,63 @@ MAX_RETRY_DELAY = timedelta(seconds=60)
 SHUTDOWN_GRACE = timedelta(seconds=10)
 
 
-class SagaWorker:
-    def __init__(self, container: Container, client: PrefectClient, deployment_id: UUID):
-        self._container = container
+class Worker:
+    def __init__(self, sources: list[JobSource], deployments: dict[str, tuple[UUID, Flow]],
+                 client: PrefectClient, *, concurrency: int, poll_seconds: float):
+        self._sources = sources
+        self._deployments = deployments
         self._client = client
-        self._deployment_id = deployment_id
+        self._concurrency = concurrency
+        self._poll_seconds = poll_seconds
         self._worker_id = f"{socket.gethostname()}:{os.getpid()}"
-        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._in_flight: dict[tuple[JobSource, str], asyncio.Task[None]] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
-        settings = self._container.settings
-        log.info("saga worker started", extra={"worker_id": self._worker_id,
-                                               "concurrency": settings.worker_concurrency})
+        log.info("worker started", extra={"worker_id": self._worker_id, "concurrency": self._concurrency})
         renewer = asyncio.create_task(self._renew_leases(stop))
         while not stop.is_set():
-            free = settings.worker_concurrency - len(self._in_flight)
-            entries = await self._claim(free) if free > 0 else []
-            for entry in entries:
-                self._in_flight[entry.order_id] = asyncio.create_task(self._execute(entry))
-            if len(entries) < free or not entries:
-                await _wait(stop, settings.outbox_poll_seconds)
+            started = 0
+            for source in self._sources:
+                free = self._concurrency - len(self._in_flight)
+                for job in await self._claim(source, free) if free > 0 else []:
+                    self._in_flight[source, job.key] = asyncio.create_task(self._execute(source, job))
+                    started += 1
+            if started == 0 or len(self._in_flight) >= self._concurrency:
+                await _wait(stop, self._poll_seconds)
         await self._drain()
         renewer.cancel()
 
-    async def _claim(self, limit: int) -> list[OutboxEntry]:
+    async def _claim(self, source: JobSource, limit: int) -> list[Job]:
         try:
-            return await self._container.outbox.claim(self._worker_id, limit=limit, lease=LEASE)
+            return await source.claim(self._worker_id, limit, LEASE)
         except Exception:  # noqa: BLE001 - the store may be briefly unavailable; keep polling
-            log.exception("could not claim from the saga outbox")
+            log.exception("could not claim jobs", extra={"source": type(source).__name__})
             return []
 
-    async def _execute(self, entry: OutboxEntry) -> None:
-        order_id = entry.order_id
+    async def _execute(self, source: JobSource, job: Job) -> None:
+        deployment_id, flow = self._deployments[job.deployment]
         try:
-            flow_run = await self._flow_run_for(order_id)
-            state = await run_flow_async(order_saga, flow_run=flow_run, parameters={"order_id": order_id},
-                                         return_type="state")
-            await self._container.outbox.done(order_id)
-            log.info("saga finished", extra={"order_id": order_id, "flow_run_id": str(flow_run.id),
-                                             "state": state.name})
-        except Exception as error:  # noqa: BLE001 - whatever went wrong, the order is retried later
-            delay = min(timedelta(seconds=2 ** entry.attempts), MAX_RETRY_DELAY)
-            log.exception("saga could not run; retrying", extra={"order_id": order_id, "attempt": entry.attempts,
-                                                                  "retry_in_s": delay.total_seconds()})
-            await self._container.outbox.release(self._worker_id, order_id, error=repr(error), retry_in=delay)
+            flow_run = await self._claimed_flow_run(deployment_id, job)
+            await source.started(job, str(flow_run.id))
+            state = await run_flow_async(flow, flow_run=flow_run, parameters=job.parameters, return_type="state")
+            await source.done(job.key)
+            log.info("flow run finished", extra={"job": job.key, "flow_run": job.run_name,
+                                                 "flow_run_id": str(flow_run.id), "state": state.name})
+        except Exception as error:  # noqa: BLE001 - whatever went wrong, the job is retried later
+            delay = min(timedelta(seconds=2 ** job.attempts), MAX_RETRY_DELAY)
+            log.exception("flow run could not run; retrying", extra={
+                "job": job.key, "attempt": job.attempts, "retry_in_s": delay.total_seconds()})
+            await source.release(self._worker_id, job.key, repr(error), delay)
         finally:
-            self._in_flight.pop(order_id, None)
+            self._in_flight.pop((source, job.key), None)
 
-    async def _flow_run_for(self, order_id: str) -> FlowRun:
-        """The order's one flow run (created on first use), claimed for this worker."""
-        order = await self._container.orders.get(order_id)
+    async def _claimed_flow_run(self, deployment_id: UUID, job: Job) -> FlowRun:
+        """The job's one flow run (created on first use), claimed for this worker."""
         flow_run = await self._client.create_flow_run_from_deployment(
-            self._deployment_id, parameters={"order_id": order_id}, name=f"order-{order_id}",
-            tags=[order.customer_id], idempotency_key=order_id)
-        if order.flow_run_id != str(flow_run.id):
-            await self._container.orders.update(order_id, lambda o: o.attach_flow_run(str(flow_run.id)))
-        # We hold the outbox lease, so no other worker runs this order now: a run left behind by a dead
-        # worker (Running, Crashed, ...) is taken over rather than waited for.
+            deployment_id, parameters=job.parameters, name=job.run_name, tags=list(job.tags),
+            idempotency_key=job.key)
+        # We hold the job's lease, so no other worker runs it now: a run left behind by a dead worker
+        # (Running, Crashed, ...) is taken over rather than waited for.
         resumed = flow_run.state_type is not StateType.SCHEDULED
         await self._client.set_flow_run_state(flow_run.id, Pending(), force=resumed)
         return await self._client.read_flow_run(flow_run.id)
@@ -102,26 +102,27 @@ class SagaWorker:
     async def _renew_leases(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await _wait(stop, LEASE.total_seconds() / 3)
-            try:
-                await self._container.outbox.renew(self._worker_id, list(self._in_flight), lease=LEASE)
-            except Exception:  # noqa: BLE001 - try again at the next tick, well before the lease ends
-                log.exception("could not renew outbox leases")
+            for source in self._sources:
+                keys = [key for owner, key in self._in_flight if owner is source]
+                try:
+                    await source.renew(self._worker_id, keys, LEASE)
+                except Exception:  # noqa: BLE001 - try again at the next tick, well before the lease ends
+                    log.exception("could not renew leases")
 
     async def _drain(self) -> None:
-        """On shutdown: let the sagas in flight finish for a while, then stop them and hand their orders back
-        to the outbox at once, so the next worker resumes them (every step is idempotent)."""
+        """On shutdown: let the jobs in flight finish for a while, then stop them and hand them back at once,
+        so the next worker resumes them (every step is idempotent)."""
         if not self._in_flight:
             return
-        log.info("waiting for sagas in flight", extra={"count": len(self._in_flight)})
+        log.info("waiting for flow runs in flight", extra={"count": len(self._in_flight)})
         _, unfinished = await asyncio.wait(self._in_flight.values(), timeout=SHUTDOWN_GRACE.total_seconds())
-        stopped = [order_id for order_id, task in self._in_flight.items() if task in unfinished]
+        stopped = [owner_key for owner_key, task in self._in_flight.items() if task in unfinished]
         for task in unfinished:
             task.cancel()
         await asyncio.gather(*unfinished, return_exceptions=True)
-        for order_id in stopped:
-            await self._container.outbox.release(self._worker_id, order_id, error="worker stopped",
-                                                 retry_in=timedelta(0))
-        log.warning("sagas handed back to the outbox", extra={"order_ids": stopped})
+        for source, key in stopped:
+            await source.release(self._worker_id, key, "worker stopped", timedelta(0))
+        log.warning("jobs handed back", extra={"keys": [key for _, key in stopped]})
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
@@ -140,12 +141,18 @@ async def serve() -> None:
         loop.add_signal_handler(signum, stop.set)
     try:
         async with get_client() as client:
-            (deployment_id,) = await register_deployments()
-            # The heartbeat only matters to detect a dead runner; the outbox lease does that here.
+            worker = Worker(_sources(container), await register_deployments(), client,
+                            concurrency=container.settings.worker_concurrency,
+                            poll_seconds=container.settings.outbox_poll_seconds)
+            # The heartbeat only matters to detect a dead runner; the leases do that here.
             with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-                await SagaWorker(container, client, deployment_id).run(stop)
+                await worker.run(stop)
     finally:
         await container.aclose()
+
+
+def _sources(container: Container) -> list[JobSource]:
+    return [SagaJobs(container.outbox, container.orders), InventoryEventJobs(container.inventory_events)]
 
 
 def main() -> None:

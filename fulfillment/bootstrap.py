@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from fulfillment.adapters.http_services import HttpInventory, HttpPayments, HttpShipping
 from fulfillment.adapters.log_failures import LogFailureAnnouncer
 from fulfillment.adapters.prefect_monitor import PrefectMonitor
+from fulfillment.adapters.sqlite_inventory_events import SqliteInventoryEventInbox
 from fulfillment.adapters.sqlite_orders import SqliteOrderRepository
 from fulfillment.adapters.sqlite_services import (
     EmbeddedServices,
@@ -15,8 +16,9 @@ from fulfillment.adapters.sqlite_services import (
     SqlitePayments,
     SqliteShipping,
 )
-from fulfillment.ports import FailureAnnouncer, Inventory, OrderRepository, Payments, SagaMonitor, SagaOutbox, Shipping
+from fulfillment.ports import FailureAnnouncer, Inventory, InventoryEventInbox, OrderRepository, Payments, SagaMonitor, SagaOutbox, Shipping
 from fulfillment.service import OrderSaga, OrderService, RetryPolicy, SagaActions
+from fulfillment.service.events import EventService
 from fulfillment.settings import Settings
 
 
@@ -31,6 +33,8 @@ class Container:
     monitor: SagaMonitor
     failures: FailureAnnouncer
     order_service: OrderService
+    inventory_events: InventoryEventInbox
+    events: EventService
     saga_actions: SagaActions
     saga: OrderSaga
     embedded_services: tuple[Inventory, Payments, Shipping]
@@ -63,9 +67,12 @@ def bootstrap(settings: Settings | None = None, **overrides) -> Container:
     payments = downstream("payments", settings.payment_base_url, HttpPayments,
                           lambda: SqlitePayments(embedded, settings.credit_limit))
     shipping = downstream("shipping", settings.shipping_base_url, HttpShipping, lambda: SqliteShipping(embedded))
+    inventory_events = overrides.get("inventory_events") or SqliteInventoryEventInbox(settings.data_dir / "orders.db")
+    closers.append(inventory_events.close)
     monitor = overrides.get("monitor") or PrefectMonitor(settings.prefect_api_url, settings.prefect_ui_url)
     failures = overrides.get("failures") or LogFailureAnnouncer()
     closers += [monitor.aclose, failures.aclose]
+    order_service = OrderService(orders, max_page_size=settings.page_size_max)
     actions = SagaActions(orders, inventory, payments, shipping,
                           RetryPolicy(settings.step_attempts, settings.retry_base_seconds))
     return Container(
@@ -77,7 +84,9 @@ def bootstrap(settings: Settings | None = None, **overrides) -> Container:
         shipping=shipping,
         monitor=monitor,
         failures=failures,
-        order_service=OrderService(orders, max_page_size=settings.page_size_max),
+        order_service=order_service,
+        inventory_events=inventory_events,
+        events=EventService(order_service, inventory_events),
         saga_actions=actions,
         saga=OrderSaga(orders, actions, settings.saga_timeout_seconds),
         embedded_services=(SqliteInventory(embedded, settings.default_stock),

@@ -81,6 +81,41 @@ class SagaOutbox(Protocol):
     async def pending_count(self) -> int: ...
 
 
+@dataclass(frozen=True)
+class InventoryEvent:
+    """An `Inventory.StockUpdated` or `Inventory.LowStock` event, as received."""
+
+    event_id: str
+    event_type: str
+    product_id: str
+    quantity_available: int
+    threshold: int | None = None
+    warehouse_id: str | None = None
+
+
+class InventoryEventInbox(Protocol):
+    """Inventory events accepted by the webhook and not yet applied, deduplicated by event id.
+
+    An event id is remembered after it is applied, so a redelivery, even after a restart, is recognised.
+    """
+
+    async def record(self, event: InventoryEvent) -> bool:
+        """Stores the event to be applied; False if this event id was recorded before (a redelivery)."""
+        ...
+
+    async def claim(self, worker_id: str, *, limit: int, lease: timedelta) -> list[tuple[InventoryEvent, int]]:
+        """Due events with the number of claims so far."""
+        ...
+
+    async def renew(self, worker_id: str, event_ids: Sequence[str], *, lease: timedelta) -> None: ...
+
+    async def release(self, worker_id: str, event_id: str, *, error: str, retry_in: timedelta) -> None: ...
+
+    async def done(self, event_id: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 class Inventory(Protocol):
     async def reserve(self, order_id: str, items: Sequence[OrderItem]) -> str:
         """Reserves every item or none; returns the reservation id. Idempotent per order.

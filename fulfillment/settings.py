@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     cosmos_create_if_missing: bool = _option(True, "OrderProcessing__CosmosCreateIfMissing")
     cosmos_verify_tls: bool = _option(True, "OrderProcessing__CosmosVerifyTls")
 
+    # Azure Event Grid webhook (contract §6): POST /api/events is served only when a key is set
+    event_grid_webhook_key: str = _option("", "EventGrid__WebhookKey")
+
     # Worker
     worker_concurrency: int = _option(8, "OrderProcessing__WorkerConcurrency", ge=1, le=256)
     outbox_poll_seconds: float = _option(0.2, "OrderProcessing__OutboxPollSeconds", gt=0)

@@ -11,7 +11,7 @@ from strawberry.asgi import GraphQL
 
 from fulfillment.bootstrap import bootstrap
 from fulfillment.settings import Settings
-from gateway import health, rest
+from gateway import events, health, rest
 from gateway.downstream import downstream_routes
 from gateway.errors import exception_handlers
 from gateway.graphql.context import Context
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None, **overrides) -> Starlette:
     return Starlette(
         routes=[
             *rest.routes,
+            *(events.routes if settings.event_grid_webhook_key else []),
             *health.routes,
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),

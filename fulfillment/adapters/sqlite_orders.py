@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fulfillment.adapters.documents import from_document, to_document
 from fulfillment.adapters.sqlite_db import SqliteDatabase
+from fulfillment.adapters.sqlite_leases import LEASE_COLUMNS, LeasedQueue
 from fulfillment.domain import FieldError, InvalidRequest, Order, OrderNotFound
 from fulfillment.ports import OutboxEntry, Page
 
@@ -25,15 +26,10 @@ CREATE TABLE IF NOT EXISTS orders (
     document TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS orders_by_customer ON orders (customer_id, created_at DESC, id DESC);
-CREATE TABLE IF NOT EXISTS saga_outbox (
-    order_id TEXT PRIMARY KEY REFERENCES orders (id),
-    available_at REAL NOT NULL,
-    claimed_by TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT
-);
+CREATE TABLE IF NOT EXISTS saga_outbox (order_id TEXT PRIMARY KEY REFERENCES orders (id), {LEASE_COLUMNS});
 CREATE INDEX IF NOT EXISTS saga_outbox_available ON saga_outbox (available_at);
-"""
+""".replace("{LEASE_COLUMNS}", LEASE_COLUMNS)
+OUTBOX = LeasedQueue("saga_outbox", "order_id")
 
 
 class SqliteOrderRepository:
@@ -111,31 +107,15 @@ class SqliteOrderRepository:
     # --- SagaOutbox ----------------------------------------------------------------------------
 
     async def claim(self, worker_id: str, *, limit: int, lease: timedelta) -> list[OutboxEntry]:
-        def take(db: sqlite3.Connection) -> list[OutboxEntry]:
-            now = time.time()
-            rows = db.execute(
-                "UPDATE saga_outbox SET claimed_by = ?, available_at = ?, attempts = attempts + 1"
-                " WHERE order_id IN (SELECT order_id FROM saga_outbox WHERE available_at <= ?"
-                " ORDER BY available_at LIMIT ?) RETURNING order_id, attempts",
-                (worker_id, now + lease.total_seconds(), now, limit)).fetchall()
-            return [OutboxEntry(row["order_id"], row["attempts"]) for row in rows]
-
-        return await self._db.write(take)
+        rows = await self._db.write(lambda db: OUTBOX.claim(db, worker_id, limit, lease))
+        return [OutboxEntry(row["order_id"], row["attempts"]) for row in rows]
 
     async def renew(self, worker_id: str, order_ids: Sequence[str], *, lease: timedelta) -> None:
-        def extend(db: sqlite3.Connection) -> None:
-            placeholders = ",".join("?" * len(order_ids))
-            db.execute(f"UPDATE saga_outbox SET available_at = ? WHERE claimed_by = ? AND order_id IN ({placeholders})",
-                       (time.time() + lease.total_seconds(), worker_id, *order_ids))
-
         if order_ids:
-            await self._db.write(extend)
+            await self._db.write(lambda db: OUTBOX.renew(db, worker_id, order_ids, lease))
 
     async def release(self, worker_id: str, order_id: str, *, error: str, retry_in: timedelta) -> None:
-        await self._db.write(lambda db: db.execute(
-            "UPDATE saga_outbox SET claimed_by = NULL, available_at = ?, last_error = ?"
-            " WHERE order_id = ? AND claimed_by = ?",
-            (time.time() + retry_in.total_seconds(), error, order_id, worker_id)))
+        await self._db.write(lambda db: OUTBOX.release(db, worker_id, order_id, error, retry_in))
 
     async def done(self, order_id: str) -> None:
         await self._db.write(lambda db: db.execute("DELETE FROM saga_outbox WHERE order_id = ?", (order_id,)))

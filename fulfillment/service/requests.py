@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError
 
@@ -47,10 +47,19 @@ def decode_json(body: bytes | str) -> Any:
 
 
 def parse_create_order(payload: Any) -> CreateOrderRequest:
+    return parse(CreateOrderRequest, payload)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(model: type[M], payload: Any, *, prefix: str = "") -> M:
+    """`payload` as a `model`, or `InvalidRequest` naming each wrong field (under `prefix`)."""
     try:
-        return CreateOrderRequest.model_validate(payload)
+        return model.model_validate(payload)
     except ValidationError as exc:
-        raise InvalidRequest([FieldError(_field_path(e["loc"]), _message(e)) for e in exc.errors()]) from None
+        raise InvalidRequest([FieldError(_field_path((*([prefix] if prefix else []), *e["loc"])), _message(e))
+                              for e in exc.errors()]) from None
 
 
 def new_order(request: CreateOrderRequest) -> Order:

@@ -21,6 +21,7 @@ from tests.conftest import SEED_ORDER
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 180
+WEBHOOK_KEY = "e2e-webhook-key"
 
 
 def free_port() -> int:
@@ -65,6 +66,7 @@ def start_stack(data_dir: Path, log: Path) -> tuple[subprocess.Popen, Stack]:
         "OrderProcessing__GatewayPort": str(gateway_port),
         "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
         "PREFECT_UI_URL": f"http://127.0.0.1:{prefect_port}",
+        "EventGrid__WebhookKey": WEBHOOK_KEY,
     }
     with log.open("w") as output:
         process = subprocess.Popen(["make", "up"], cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,

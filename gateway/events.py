@@ -1,0 +1,83 @@
+"""`POST /api/events` (HandleInventoryEvent): the Event Grid webhook of contract §6.
+
+Answers chosen so Event Grid retries only what can succeed later (see ../shared/spec/eventgrid-webhook.md):
+401 for a missing or wrong key, 400 for a poison event, 413 for a body too large (none retried), 503 when
+the store is unavailable (retried), 200 otherwise. Both handshakes are answered here.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from fulfillment.domain import InvalidRequest
+from fulfillment.service.events import Outcome, parse_envelope
+from gateway.errors import ApiError, services
+from gateway.rest import read_json
+
+log = logging.getLogger("gateway.events")
+
+VALIDATION_EVENT = "Microsoft.EventGrid.SubscriptionValidationEvent"
+
+
+def authenticate(request: Request) -> None:
+    expected = services(request).settings.event_grid_webhook_key
+    given = request.query_params.get("code") or request.headers.get("aeg-sas-key") or ""
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise ApiError(401, "unauthorized", "pass the webhook key as ?code= or in the aeg-sas-key header")
+
+
+async def abuse_protection_handshake(request: Request) -> Response:
+    """CloudEvents webhook validation: echo the origin back, allowing any rate asked for."""
+    authenticate(request)
+    origin = request.headers.get("webhook-request-origin")
+    if not origin:
+        raise ApiError(400, "invalid_request", "the OPTIONS handshake needs a WebHook-Request-Origin header")
+    headers = {"WebHook-Allowed-Origin": origin, "Allow": "POST, OPTIONS"}
+    if request.headers.get("webhook-request-rate"):
+        headers["WebHook-Allowed-Rate"] = "*"
+    return Response(status_code=200, headers=headers)
+
+
+async def receive_events(request: Request) -> Response:
+    authenticate(request)
+    payload = await read_json(request)
+    raw_events = payload if isinstance(payload, list) else [payload]
+    if validation := _validation_code(raw_events):
+        return JSONResponse({"validationResponse": validation})
+    events = services(request).events
+    outcomes, poison = [], []
+    for raw in raw_events:
+        try:
+            envelope = parse_envelope(raw)
+            outcome = await events.handle(envelope)
+        except InvalidRequest as error:
+            poison.append({"id": raw.get("id") if isinstance(raw, dict) else None, "error": str(error)})
+            outcome = Outcome.POISON
+        outcomes.append(outcome)
+        log.info("event received", extra={"event_id": raw.get("id") if isinstance(raw, dict) else None,
+                                          "outcome": outcome})
+    if poison:
+        return JSONResponse({"error": "poison_events", "message": "some events can never be processed",
+                             "events": poison, "outcomes": outcomes}, status_code=400)
+    return JSONResponse({"outcomes": outcomes})
+
+
+def _validation_code(raw_events: list) -> str | None:
+    for raw in raw_events:
+        if isinstance(raw, dict) and raw.get("eventType") == VALIDATION_EVENT:
+            code = (raw.get("data") or {}).get("validationCode") if isinstance(raw.get("data"), dict) else None
+            if not isinstance(code, str) or not code:
+                raise ApiError(400, "invalid_request", "the validation event carries no data.validationCode")
+            return code
+    return None
+
+
+routes = [
+    Route("/api/events", receive_events, methods=["POST"]),
+    Route("/api/events", abuse_protection_handshake, methods=["OPTIONS"]),
+]
