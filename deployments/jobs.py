@@ -22,6 +22,7 @@ class Job:
     run_name: str
     parameters: dict[str, Any]
     tags: tuple[str, ...] = ()
+    trace_parent: str | None = None  # continues the entry point's trace in the flow run
 
 
 class JobSource(Protocol):
@@ -47,7 +48,7 @@ class SagaJobs:
         orders = await self._orders.get_many([entry.order_id for entry in entries])
         return [Job(key=entry.order_id, attempts=entry.attempts, deployment="order-saga",
                     run_name=f"order-{entry.order_id}", parameters={"order_id": entry.order_id},
-                    tags=(order.customer_id,) if order else ())
+                    tags=(order.customer_id,) if order else (), trace_parent=order.trace_parent if order else None)
                 for entry, order in zip(entries, orders, strict=True)]
 
     async def renew(self, worker_id: str, keys: Sequence[str], lease: timedelta) -> None:
@@ -72,7 +73,7 @@ class InventoryEventJobs:
     async def claim(self, worker_id: str, limit: int, lease: timedelta) -> list[Job]:
         return [Job(key=event.event_id, attempts=attempts, deployment="inventory-event",
                     run_name=f"inventory-{event.product_id}", parameters={"event": asdict(event)},
-                    tags=(event.event_type,))
+                    tags=(event.event_type,), trace_parent=event.trace_parent)
                 for event, attempts in await self._inbox.claim(worker_id, limit=limit, lease=lease)]
 
     async def renew(self, worker_id: str, keys: Sequence[str], lease: timedelta) -> None:

@@ -10,6 +10,7 @@ Ctrl-C or SIGTERM stops them in reverse order; if one of them dies, the others a
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,9 +26,11 @@ READY_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 20
 
 
-def prefect_environment(settings: Settings) -> dict[str, str]:
-    """Prefect offline (no analytics, no calls out) with its home inside the data directory."""
+def stack_environment(settings: Settings) -> dict[str, str]:
+    """Prefect offline (no analytics, no calls out) with its home inside the data directory, and a shared
+    directory where every process keeps its Prometheus metrics for the gateway's `/metrics`."""
     return {
+        "PROMETHEUS_MULTIPROC_DIR": str((settings.data_dir / "metrics").resolve()),
         "PREFECT_HOME": str((settings.data_dir / "prefect").resolve()),
         "PREFECT_API_URL": settings.prefect_api_url,
         "PREFECT_UI_URL": settings.prefect_ui_url,
@@ -42,7 +45,7 @@ def prefect_environment(settings: Settings) -> dict[str, str]:
 class Stack:
     def __init__(self, settings: Settings):
         self._settings = settings
-        self._env = {**os.environ, **prefect_environment(settings)}
+        self._env = {**os.environ, **stack_environment(settings)}
         self._processes: list[tuple[str, subprocess.Popen]] = []
         self._stopping = False
 
@@ -60,6 +63,9 @@ class Stack:
     def _start_all(self) -> None:
         settings = self._settings
         Path(self._env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+        metrics = Path(self._env["PROMETHEUS_MULTIPROC_DIR"])
+        shutil.rmtree(metrics, ignore_errors=True)  # the values of processes that are gone
+        metrics.mkdir(parents=True)
         api = urlsplit(settings.prefect_api_url)
         self._start("prefect server", [_bin("prefect"), "server", "start", "--host", api.hostname or "127.0.0.1",
                                        "--port", str(api.port or 4200)])

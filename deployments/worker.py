@@ -30,6 +30,7 @@ from deployments.registration import register_deployments
 from flows import runtime
 from fulfillment.bootstrap import Container, bootstrap
 from fulfillment.logs import configure_logging
+from fulfillment.telemetry import PREFECT_TRACEPARENT_LABEL, configure_tracing, shutdown_tracing
 
 log = logging.getLogger("fulfillment.worker")
 
@@ -92,7 +93,8 @@ class Worker:
         """The job's one flow run (created on first use), claimed for this worker."""
         flow_run = await self._client.create_flow_run_from_deployment(
             deployment_id, parameters=job.parameters, name=job.run_name, tags=list(job.tags),
-            idempotency_key=job.key)
+            idempotency_key=job.key,
+            labels={PREFECT_TRACEPARENT_LABEL: job.trace_parent} if job.trace_parent else None)
         # We hold the job's lease, so no other worker runs it now: a run left behind by a dead worker
         # (Running, Crashed, ...) is taken over rather than waited for.
         resumed = flow_run.state_type is not StateType.SCHEDULED
@@ -157,7 +159,11 @@ def _sources(container: Container) -> list[JobSource]:
 
 def main() -> None:
     configure_logging()
-    asyncio.run(serve())
+    configure_tracing("order-saga-worker")
+    try:
+        asyncio.run(serve())
+    finally:
+        shutdown_tracing()
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ class Container:
 def bootstrap(settings: Settings | None = None, **overrides) -> Container:
     """Builds every adapter from `settings`; `overrides` replace single adapters (tests)."""
     settings = settings or Settings()
-    orders = overrides.get("orders") or SqliteOrderRepository(settings.data_dir / "orders.db")
+    orders = overrides.get("orders") or _order_store(settings)
     embedded = EmbeddedServices(settings.data_dir / "services.db", FaultInjector(settings.transient_fault_rate))
     closers = [orders.close, embedded.close]
 
@@ -93,3 +93,12 @@ def bootstrap(settings: Settings | None = None, **overrides) -> Container:
                            SqlitePayments(embedded, settings.credit_limit), SqliteShipping(embedded)),
         _closers=closers,
     )
+
+
+def _order_store(settings: Settings) -> OrderRepository:
+    """Cosmos DB when a connection string or account endpoint is set, else SQLite in the data directory."""
+    if settings.cosmos_connection_string or settings.cosmos_endpoint:
+        from fulfillment.adapters.cosmos_orders import create_cosmos_repository  # the Azure SDK only when used
+
+        return create_cosmos_repository(settings)
+    return SqliteOrderRepository(settings.data_dir / "orders.db")

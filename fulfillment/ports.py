@@ -91,6 +91,7 @@ class InventoryEvent:
     quantity_available: int
     threshold: int | None = None
     warehouse_id: str | None = None
+    trace_parent: str | None = None
 
 
 class InventoryEventInbox(Protocol):

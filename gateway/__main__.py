@@ -4,14 +4,19 @@ import uvicorn
 
 from fulfillment.logs import configure_logging
 from fulfillment.settings import Settings
+from fulfillment.telemetry import configure_tracing, shutdown_tracing
 from gateway.app import create_app
 
 
 def main() -> None:
     configure_logging()
+    configure_tracing("order-saga-gateway")
     settings = Settings()
-    uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port, log_level="warning",
-                access_log=False)
+    try:
+        uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
+                    log_level="warning", access_log=False)
+    finally:
+        shutdown_tracing()
 
 
 if __name__ == "__main__":

@@ -6,12 +6,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Mount, Route, WebSocketRoute
 from strawberry.asgi import GraphQL
 
 from fulfillment.bootstrap import bootstrap
 from fulfillment.settings import Settings
-from gateway import events, health, rest
+from gateway import events, health, observability, rest
 from gateway.downstream import downstream_routes
 from gateway.errors import exception_handlers
 from gateway.graphql.context import Context
@@ -42,10 +43,12 @@ def create_app(settings: Settings | None = None, **overrides) -> Starlette:
             *rest.routes,
             *(events.routes if settings.event_grid_webhook_key else []),
             *health.routes,
+            *observability.routes,
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
             Mount("/services", routes=downstream_routes(*container.embedded_services)),
         ],
+        middleware=[Middleware(observability.TracingMiddleware)],
         exception_handlers=exception_handlers,
         lifespan=lifespan,
     )

@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from fulfillment.domain import InvalidRequest
 from fulfillment.service.events import Outcome, parse_envelope
+from fulfillment.telemetry import WEBHOOK_EVENTS, tracer
 from gateway.errors import ApiError, services
 from gateway.rest import read_json
 
@@ -52,15 +53,19 @@ async def receive_events(request: Request) -> Response:
     events = services(request).events
     outcomes, poison = [], []
     for raw in raw_events:
-        try:
-            envelope = parse_envelope(raw)
-            outcome = await events.handle(envelope)
-        except InvalidRequest as error:
-            poison.append({"id": raw.get("id") if isinstance(raw, dict) else None, "error": str(error)})
-            outcome = Outcome.POISON
+        event_id = raw.get("id") if isinstance(raw, dict) else None
+        with tracer.start_as_current_span("event", attributes={"cloudevents.event_id": str(event_id)}) as span:
+            try:
+                envelope = parse_envelope(raw)
+                span.set_attribute("cloudevents.event_type", envelope.type)
+                outcome = await events.handle(envelope)
+            except InvalidRequest as error:
+                poison.append({"id": event_id, "error": str(error)})
+                outcome = Outcome.POISON
+            span.set_attribute("outcome", str(outcome))
         outcomes.append(outcome)
-        log.info("event received", extra={"event_id": raw.get("id") if isinstance(raw, dict) else None,
-                                          "outcome": outcome})
+        WEBHOOK_EVENTS.labels(str(outcome)).inc()
+        log.info("event received", extra={"event_id": event_id, "outcome": outcome})
     if poison:
         return JSONResponse({"error": "poison_events", "message": "some events can never be processed",
                              "events": poison, "outcomes": outcomes}, status_code=400)

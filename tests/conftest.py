@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from fulfillment.settings import Settings
+from tests.cosmos_server.server import CosmosServer, running_cosmos_server
 
 SEED_ORDER = {
     "customerId": "cust-001",
@@ -24,3 +26,21 @@ def seed_order() -> dict:
 @pytest.fixture
 def settings(tmp_path) -> Settings:
     return Settings(data_dir=tmp_path, prefect_api_url="http://127.0.0.1:9/api", retry_base_seconds=0.001)
+
+
+@pytest.fixture(scope="session")
+def cosmos_server(request, tmp_path_factory) -> Iterator[CosmosServer]:
+    """A real Cosmos DB server (`@vercel/cosmosdb-server`, installed on first use), once per test session."""
+    with running_cosmos_server(tmp_path_factory.mktemp("cosmos"), progress=uncaptured(request.config)) as server:
+        yield server
+
+
+def uncaptured(config) -> Callable[[str], None]:
+    """Prints past pytest's output capture, so that a first-time `npm ci` says what it is doing."""
+    capture = config.pluginmanager.get_plugin("capturemanager")
+
+    def show(line: str) -> None:
+        with capture.global_and_fixture_disabled():
+            print(f"\n{line}", flush=True)
+
+    return show

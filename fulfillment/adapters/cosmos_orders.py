@@ -60,6 +60,7 @@ from fulfillment.settings import Settings
 Document = dict[str, Any]
 T = TypeVar("T")
 
+PARTITION_KEY = "/id"
 ORDER = "order"
 IDEMPOTENCY_RECORD = "idempotencyKey"
 CHARACTERS_COSMOS_IDS_CANNOT_HOLD = frozenset("/\\?#")
@@ -87,8 +88,8 @@ class CosmosTarget:
     key: str | None  # None: Microsoft Entra ID through DefaultAzureCredential (managed identity)
     database: str
     container: str
-    create_if_missing: bool = True
-    verify_tls: bool = True
+    create_if_missing: bool
+    verify_tls: bool
 
 
 def create_cosmos_repository(settings: Settings) -> CosmosOrderRepository:
@@ -281,11 +282,16 @@ class CosmosOrderRepository:
 async def _container(client: CosmosClient, target: CosmosTarget) -> ContainerProxy:
     if target.create_if_missing:
         database = await _if_not_exists(lambda: client.create_database_if_not_exists(target.database))
-        return await _if_not_exists(lambda: database.create_container_if_not_exists(
-            target.container, partition_key=PartitionKey("/id"), indexing_policy=INDEXING_POLICY))
-    container = client.get_database_client(target.database).get_container_client(target.container)
-    # A missing container must fail here: later, its 404 would read as "no such order".
-    await container.read()
+        container, properties = await _if_not_exists(lambda: database.create_container_if_not_exists(
+            target.container, partition_key=PartitionKey(PARTITION_KEY), indexing_policy=INDEXING_POLICY,
+            return_properties=True))
+    else:
+        container = client.get_database_client(target.database).get_container_client(target.container)
+        properties = await container.read()  # a missing container fails here, not later as "no such order"
+    paths = properties["partitionKey"]["paths"]
+    if paths != [PARTITION_KEY]:  # every read by id would answer "not found"
+        raise StoreUnavailable(f"Cosmos DB container {target.database}/{target.container} is partitioned by "
+                               f"{paths}, not [{PARTITION_KEY!r}] (docs/cosmos.md)")
     return container
 
 
@@ -347,7 +353,7 @@ def _continuation_in(cursor: str) -> str:
     except (ValueError, TypeError, KeyError, binascii.Error):
         continuation = None
     if not isinstance(continuation, str):
-        raise InvalidRequest([FieldError("after", "is not a cursor returned by this API")])
+        raise _invalid_cursor()
     return continuation
 
 
@@ -358,8 +364,12 @@ def _rejected_cursor(cursor: str | None) -> Iterator[None]:
         yield
     except CosmosHttpResponseError as error:
         if cursor is not None and error.status_code == 400:
-            raise InvalidRequest([FieldError("after", "is not a cursor returned by this API")]) from error
+            raise _invalid_cursor() from error
         raise
+
+
+def _invalid_cursor() -> InvalidRequest:
+    return InvalidRequest([FieldError("after", "is not a cursor returned by this API")])
 
 
 @contextmanager

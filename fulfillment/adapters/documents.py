@@ -31,6 +31,7 @@ def to_document(order: Order) -> dict[str, Any]:
         "failureReason": order.failure_reason,
         "cancelRequested": order.cancel_requested,
         "flowRunId": order.flow_run_id,
+        "traceParent": order.trace_parent,
         "items": [
             {"productId": i.product_id, "productName": i.product_name, "quantity": i.quantity,
              "unitPrice": str(i.unit_price)}
@@ -64,6 +65,7 @@ def from_document(document: dict[str, Any]) -> Order:
         failure_reason=document["failureReason"],
         cancel_requested=document["cancelRequested"],
         flow_run_id=document["flowRunId"],
+        trace_parent=document.get("traceParent"),
     )
     saga = document["saga"]
     order.saga = SagaState(

@@ -115,6 +115,7 @@ class Order:
     failure_reason: str | None = None
     cancel_requested: bool = False
     flow_run_id: str | None = None
+    trace_parent: str | None = None  # W3C traceparent of the request that placed it, continued by the saga
     saga: SagaState = field(init=False)
 
     def __post_init__(self) -> None:

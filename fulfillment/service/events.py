@@ -18,6 +18,7 @@ from fulfillment.domain import FieldError, InvalidRequest
 from fulfillment.ports import InventoryEvent, InventoryEventInbox
 from fulfillment.service.orders import OrderService
 from fulfillment.service.requests import parse
+from fulfillment.telemetry import LOW_STOCK_ALERTS, current_traceparent
 
 log = logging.getLogger("fulfillment.events")
 
@@ -105,11 +106,12 @@ class EventService:
         event = InventoryEvent(
             event_id=envelope.id, event_type=envelope.type, product_id=level.productId,
             quantity_available=level.quantityAvailable, threshold=getattr(level, "threshold", None),
-            warehouse_id=level.warehouseId)
+            warehouse_id=level.warehouseId, trace_parent=current_traceparent())
         return Outcome.ACCEPTED if await self._inbox.record(event) else Outcome.DUPLICATE
 
 
 def low_stock_alert(event: InventoryEvent) -> None:
+    LOW_STOCK_ALERTS.inc()
     log.warning("low stock", extra={"event_id": event.event_id, "product_id": event.product_id,
                                     "quantity_available": event.quantity_available, "threshold": event.threshold,
                                     "warehouse_id": event.warehouse_id})

@@ -8,6 +8,7 @@ from typing import Any
 from fulfillment.domain import Order
 from fulfillment.ports import OrderRepository, Page
 from fulfillment.service.requests import new_order, parse_create_order
+from fulfillment.telemetry import ORDERS_ACCEPTED, current_traceparent
 
 log = logging.getLogger("fulfillment.orders")
 
@@ -24,7 +25,10 @@ class OrderService:
         the worker from the outbox, so accepting an order never waits on the orchestrator.
         """
         order = new_order(parse_create_order(payload))
+        order.trace_parent = current_traceparent()
         stored = await self._orders.add(order, idempotency_key=idempotency_key)
+        if stored.id == order.id:
+            ORDERS_ACCEPTED.labels(source).inc()
         log.info("order accepted", extra={"order_id": stored.id, "customer_id": stored.customer_id,
                                           "source": source, "duplicate": stored.id != order.id})
         return stored

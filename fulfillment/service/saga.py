@@ -26,6 +26,7 @@ from fulfillment.domain import (
     TransientFault,
 )
 from fulfillment.ports import Inventory, OrderRepository, Payments, Shipping
+from fulfillment.telemetry import COMPENSATION_FAILURES, COMPENSATIONS, SAGA_DURATION, SAGA_OUTCOMES, STEP_DURATION
 
 log = logging.getLogger("fulfillment.saga")
 
@@ -70,12 +71,14 @@ class SagaActions:
         self._retry = retry
 
     async def run(self, action: Action, order_id: str) -> str | None:
-        match action:
-            case Step():
-                return await self._step(action, order_id)
-            case Compensation():
-                await self._compensate(action, order_id)
-                return None
+        started, outcome = time.monotonic(), "failed"
+        try:
+            effect = self._step(action, order_id) if isinstance(action, Step) else self._compensate(action, order_id)
+            reference = await effect
+            outcome = "succeeded"
+            return reference
+        finally:
+            STEP_DURATION.labels(str(action), outcome).observe(time.monotonic() - started)
 
     async def _step(self, step: Step, order_id: str) -> str:
         order = await self._orders.get(order_id)
@@ -102,6 +105,7 @@ class SagaActions:
                 undo = self._inventory.release
         await self._retry.call(f"{compensation} {order_id}", lambda: undo(order_id))
         await self._orders.update(order_id, lambda o: o.record_compensation(compensation))
+        COMPENSATIONS.labels(str(compensation)).inc()
 
 
 def _reference(order: Order, step: Step) -> str:
@@ -132,15 +136,19 @@ class OrderSaga:
         order = await self._orders.get(order_id)
         if order.status.is_terminal:
             return order.result()
-        deadline = time.monotonic() + self._timeout
-        failure = await self._run_steps(order, invoke, deadline)
+        started = time.monotonic()
+        failure = await self._run_steps(order, invoke, started + self._timeout)
         if failure is None:
-            return await self._finish(order_id, lambda o: o.complete())
-        step, reason, in_doubt = failure
-        log.warning("order %s: %s; compensating", order_id, reason)
-        order = await self._orders.update(order_id, lambda o: o.start_compensating(step, reason))
-        await self._compensate(order, invoke, in_doubt)
-        return await self._finish(order_id, lambda o: o.finish_unsuccessfully())
+            result = await self._finish(order_id, lambda o: o.complete())
+        else:
+            step, reason, in_doubt = failure
+            log.warning("order %s: %s; compensating", order_id, reason)
+            order = await self._orders.update(order_id, lambda o: o.start_compensating(step, reason))
+            await self._compensate(order, invoke, in_doubt)
+            result = await self._finish(order_id, lambda o: o.finish_unsuccessfully())
+        SAGA_OUTCOMES.labels(str(result.status)).inc()
+        SAGA_DURATION.labels(str(result.status)).observe(time.monotonic() - started)
+        return result
 
     async def _run_steps(self, order: Order, invoke: Invoke,
                          deadline: float) -> tuple[str, str, Step | None] | None:
@@ -181,6 +189,7 @@ class OrderSaga:
             except Exception as error:  # noqa: BLE001 - the remaining compensations must still run
                 message = f"{type(error).__name__}: {error}"
                 log.error("order %s: %s failed, %s: %s", order.id, compensation, MANUAL_INTERVENTION, message)
+                COMPENSATION_FAILURES.labels(str(compensation)).inc()
                 await self._orders.update(order.id, lambda o: o.record_compensation_failure(compensation, message))
 
     async def _finish(self, order_id: str, change: Callable[[Order], None]) -> OrderResult:

@@ -8,12 +8,16 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import httpx
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from fulfillment.adapters.sqlite_orders import SqliteOrderRepository
 from fulfillment.service.requests import new_order, parse_create_order
@@ -58,7 +62,42 @@ class Stack:
         return body["data"]
 
 
-def start_stack(data_dir: Path, log: Path) -> tuple[subprocess.Popen, Stack]:
+class OtlpCollector:
+    """Receives the spans the stack exports over OTLP/HTTP (protobuf), as a tracing backend would."""
+
+    def __init__(self):
+        self.spans: list[tuple[str, str, str]] = []  # (service, span name, trace id)
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                request = ExportTraceServiceRequest()
+                request.ParseFromString(self.rfile.read(int(self.headers["Content-Length"])))
+                collector.receive(request)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def receive(self, request) -> None:
+        for resource_spans in request.resource_spans:
+            service = next((a.value.string_value for a in resource_spans.resource.attributes
+                            if a.key == "service.name"), "")
+            for scope_spans in resource_spans.scope_spans:
+                self.spans += [(service, span.name, span.trace_id.hex()) for span in scope_spans.spans]
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def start_stack(data_dir: Path, log: Path, **environment: str) -> tuple[subprocess.Popen, Stack]:
     prefect_port, gateway_port = free_port(), free_port()
     env = {
         **os.environ,
@@ -67,6 +106,7 @@ def start_stack(data_dir: Path, log: Path) -> tuple[subprocess.Popen, Stack]:
         "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
         "PREFECT_UI_URL": f"http://127.0.0.1:{prefect_port}",
         "EventGrid__WebhookKey": WEBHOOK_KEY,
+        **environment,
     }
     with log.open("w") as output:
         process = subprocess.Popen(["make", "up"], cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
@@ -113,7 +153,15 @@ def preloaded_order(stack_dir) -> str:
 
 
 @pytest.fixture(scope="session")
-def stack(stack_dir, preloaded_order):
-    process, stack = start_stack(stack_dir / "var", stack_dir / "stack.log")
+def otlp_collector():
+    collector = OtlpCollector()
+    yield collector
+    collector.close()
+
+
+@pytest.fixture(scope="session")
+def stack(stack_dir, preloaded_order, otlp_collector):
+    process, stack = start_stack(stack_dir / "var", stack_dir / "stack.log", OTEL_TRACES_EXPORTER="otlp",
+                                 OTEL_EXPORTER_OTLP_ENDPOINT=otlp_collector.endpoint, OTEL_BSP_SCHEDULE_DELAY="200")
     yield stack
     stop_stack(process, stack.log)
