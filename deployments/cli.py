@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from typing import Any
 
@@ -22,11 +21,9 @@ def main(argv: list[str] | None = None) -> None:
     submit.add_argument("file", help="a file of orders, or - for standard input")
     arguments = parser.parse_args(argv)
     if arguments.command == "up":
-        from deployments.stack import Stack, prefect_environment
+        from deployments.stack import Stack
 
-        settings = Settings()
-        os.environ.update(prefect_environment(settings))
-        raise SystemExit(Stack(settings).run())
+        raise SystemExit(Stack(Settings()).run())
     if arguments.command == "submit":
         submit_orders(arguments.file)
 
@@ -45,9 +42,7 @@ def submit_orders(path: str) -> None:
     def progress(sent: int) -> None:
         print(f"sent {sent}/{len(orders)} orders to queue '{queue}'", flush=True)
 
-    message_ids = asyncio.run(send_orders(connect, queue, orders, progress=progress))
-    for message_id in message_ids:
-        print(f"  message id {message_id}")
+    asyncio.run(send_orders(connect, queue, orders, progress=progress))
 
 
 def read_orders(path: str) -> list[Any]:
