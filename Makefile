@@ -25,3 +25,6 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
+
+bench: $(STAMP)
+	@$(BIN)/python -m benchmarks.run

@@ -67,8 +67,8 @@ class Stack:
         shutil.rmtree(metrics, ignore_errors=True)  # the values of processes that are gone
         metrics.mkdir(parents=True)
         api = urlsplit(settings.prefect_api_url)
-        self._start("prefect server", [_bin("prefect"), "server", "start", "--host", api.hostname or "127.0.0.1",
-                                       "--port", str(api.port or 4200)])
+        self._start("prefect server", [sys.executable, "-m", "deployments.prefect_server",
+                                       "--host", api.hostname or "127.0.0.1", "--port", str(api.port or 4200)])
         self._wait_ready("prefect server", f"{settings.prefect_api_url.rstrip('/')}/health")
         self._start("saga worker", [sys.executable, "-m", "deployments.worker"])
         self._start("gateway", [sys.executable, "-m", "gateway"])
@@ -130,7 +130,3 @@ Press Ctrl-C to stop.""", flush=True)
 
 class _Stop(Exception):
     pass
-
-
-def _bin(name: str) -> str:
-    return str(Path(sys.executable).with_name(name))

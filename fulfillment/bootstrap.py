@@ -67,7 +67,7 @@ def bootstrap(settings: Settings | None = None, **overrides) -> Container:
     payments = downstream("payments", settings.payment_base_url, HttpPayments,
                           lambda: SqlitePayments(embedded, settings.credit_limit))
     shipping = downstream("shipping", settings.shipping_base_url, HttpShipping, lambda: SqliteShipping(embedded))
-    inventory_events = overrides.get("inventory_events") or SqliteInventoryEventInbox(settings.data_dir / "orders.db")
+    inventory_events = overrides.get("inventory_events") or _inventory_event_inbox(settings)
     closers.append(inventory_events.close)
     monitor = overrides.get("monitor") or PrefectMonitor(settings.prefect_api_url, settings.prefect_ui_url)
     failures = overrides.get("failures") or LogFailureAnnouncer()
@@ -95,10 +95,23 @@ def bootstrap(settings: Settings | None = None, **overrides) -> Container:
     )
 
 
+def _uses_cosmos(settings: Settings) -> bool:
+    return bool(settings.cosmos_connection_string or settings.cosmos_endpoint)
+
+
 def _order_store(settings: Settings) -> OrderRepository:
     """Cosmos DB when a connection string or account endpoint is set, else SQLite in the data directory."""
-    if settings.cosmos_connection_string or settings.cosmos_endpoint:
+    if _uses_cosmos(settings):
         from fulfillment.adapters.cosmos_orders import create_cosmos_repository  # the Azure SDK only when used
 
         return create_cosmos_repository(settings)
     return SqliteOrderRepository(settings.data_dir / "orders.db")
+
+
+def _inventory_event_inbox(settings: Settings) -> InventoryEventInbox:
+    """In the same store as the orders, so every durable record lives in the store that is selected."""
+    if _uses_cosmos(settings):
+        from fulfillment.adapters.cosmos_inventory_events import create_cosmos_inventory_event_inbox
+
+        return create_cosmos_inventory_event_inbox(settings)
+    return SqliteInventoryEventInbox(settings.data_dir / "orders.db")

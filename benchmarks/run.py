@@ -1,0 +1,417 @@
+"""`make bench`: every leg in one run on this machine, written to BENCHMARKS.md (a benchmark, not a test).
+
+Legs, all over the same embedded stores and services:
+- limit: the saga logic as plain asyncio calls, no orchestrator;
+- product: orders POSTed through the real stack, started as `make up` starts it, at a steady rate and as a
+  burst; accept latency, accept → terminal latency, sagas/s, and that every order ended terminal with one
+  flow run;
+- default-Prefect: the same flow run the way Prefect does out of the box (`serve` + `run_deployment`);
+- gateway: GET /api/orders/{id}, POST /api/orders and a GraphQL `order(id)` query from a load generator in
+  another process, against a bare Starlette route on the same uvicorn settings (the limit);
+- peak RSS of each process.
+The last line printed is the summary the issue asks for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+SEED = {"customerId": "cust-bench", "items": [
+    {"productId": "prod-100", "productName": "Wireless Headphones", "quantity": 1, "unitPrice": 49.99},
+    {"productId": "prod-200", "productName": "USB-C Cable", "quantity": 1, "unitPrice": 9.99}]}
+STEADY_RATE, STEADY_SECONDS = 2.0, 20
+BURST = 150
+DEFAULT_LEG_ORDERS = 20
+LIMIT_LEG_ORDERS = 300
+GATEWAY_SECONDS, GATEWAY_CONNECTIONS = 8, 16
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def percentile(values: list[float], q: int) -> float:
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=100)[q - 1]
+
+
+# --- the limit: plain asyncio ------------------------------------------------------------------
+
+def limit_leg(work: Path) -> dict:
+    from fulfillment.bootstrap import bootstrap
+    from fulfillment.settings import Settings
+
+    async def run() -> float:
+        container = bootstrap(Settings(data_dir=work / "limit", default_stock=10**9))
+        orders = [await container.order_service.place(SEED, source="bench") for _ in range(LIMIT_LEG_ORDERS)]
+        gate = asyncio.Semaphore(8)
+
+        async def one(order_id: str) -> None:
+            async with gate:
+                await container.saga.run(order_id)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(order.id) for order in orders))
+        elapsed = time.perf_counter() - started
+        await container.aclose()
+        return elapsed
+
+    elapsed = asyncio.run(run())
+    return {"orders": LIMIT_LEG_ORDERS, "seconds": round(elapsed, 2), "sagas_per_s": round(LIMIT_LEG_ORDERS / elapsed, 1)}
+
+
+# --- the product: the stack as `make up` starts it -----------------------------------------------
+
+class Stack:
+    def __init__(self, work: Path, extra_env: dict[str, str]):
+        self.data_dir = work / "stack"
+        self.prefect_port, self.gateway_port = free_port(), free_port()
+        self.gateway = f"http://127.0.0.1:{self.gateway_port}"
+        self.prefect_api = f"http://127.0.0.1:{self.prefect_port}/api"
+        self.env = {**os.environ, "OrderProcessing__DataDir": str(self.data_dir),
+                    "OrderProcessing__GatewayPort": str(self.gateway_port), "PREFECT_API_URL": self.prefect_api,
+                    "PREFECT_UI_URL": f"http://127.0.0.1:{self.prefect_port}",
+                    "OrderProcessing__DefaultStock": str(10**9), **extra_env}
+        self.log = work / "stack.log"
+
+    def __enter__(self) -> Stack:
+        with self.log.open("w") as output:
+            self.process = subprocess.Popen([str(Path(PYTHON).with_name("order-saga")), "up"], cwd=ROOT, env=self.env,
+                                            stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 180
+        while "order-saga is up" not in self.log.read_text():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the stack did not start:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.3)
+        return self
+
+    def children(self) -> dict[str, int]:
+        """pid of each process of the stack, by role."""
+        pids = {}
+        for child in Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split():
+            command = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            role = ("prefect server" if "server start" in command else "worker" if "deployments.worker" in command
+                    else "gateway" if "-m gateway" in command else command)
+            pids[role] = int(child)
+        return pids
+
+    def __exit__(self, *exc) -> None:
+        os.kill(self.process.pid, signal.SIGTERM)
+        self.process.wait(60)
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def post_orders(gateway: str, count: int, rate: float | None) -> list[tuple[str, float]]:
+    """(order id, accept latency s) for each order, POSTed at `rate` per second, or back to back."""
+    accepted = []
+    with httpx.Client(base_url=gateway, timeout=30) as client:
+        started = time.perf_counter()
+        for n in range(count):
+            if rate:
+                time.sleep(max(0.0, started + n / rate - time.perf_counter()))
+            sent = time.perf_counter()
+            response = client.post("/api/orders", json=SEED)
+            response.raise_for_status()
+            accepted.append((response.json()["id"], time.perf_counter() - sent))
+    return accepted
+
+
+def wait_terminal(database: Path, order_ids: list[str], timeout: float) -> dict[str, dict]:
+    """The stored documents of the orders once all are terminal (or the timeout passes)."""
+    deadline = time.monotonic() + timeout
+    wanted = set(order_ids)
+    while True:
+        with sqlite3.connect(database, timeout=10) as db:
+            rows = db.execute(f"SELECT id, document FROM orders WHERE id IN ({','.join('?' * len(wanted))})",
+                              list(wanted)).fetchall()
+        documents = {order_id: json.loads(document) for order_id, document in rows}
+        done = {i: d for i, d in documents.items() if d["status"] in ("completed", "failed", "cancelled")}
+        if len(done) == len(wanted) or time.monotonic() > deadline:
+            return done
+        time.sleep(0.25)
+
+
+def saga_numbers(accepted: list[tuple[str, float]], documents: dict[str, dict]) -> dict:
+    ids = [order_id for order_id, _ in accepted]
+    finished = [documents[i] for i in ids if i in documents]
+    e2e = [(datetime.fromisoformat(d["completedAt"]) - datetime.fromisoformat(d["createdAt"])).total_seconds()
+           for d in finished]
+    first = min(datetime.fromisoformat(d["createdAt"]) for d in finished)
+    last = max(datetime.fromisoformat(d["completedAt"]) for d in finished)
+    return {
+        "orders": len(ids), "terminal": len(finished), "completed": sum(d["status"] == "completed" for d in finished),
+        "accept_p50_ms": round(percentile([a for _, a in accepted], 50) * 1000, 1),
+        "accept_p99_ms": round(percentile([a for _, a in accepted], 99) * 1000, 1),
+        "e2e_p50_ms": round(percentile(e2e, 50) * 1000), "e2e_p99_ms": round(percentile(e2e, 99) * 1000),
+        "sagas_per_s": round(len(finished) / max((last - first).total_seconds(), 1e-9), 2),
+    }
+
+
+def flow_runs_per_order(prefect_api: str, order_ids: list[str]) -> dict[str, int]:
+    counts = dict.fromkeys(order_ids, 0)
+    names = [f"order-{i}" for i in order_ids]
+    with httpx.Client(timeout=30) as client:
+        for start in range(0, len(names), 200):
+            offset = 0
+            while True:
+                page = client.post(f"{prefect_api}/flow_runs/filter", json={
+                    "flow_runs": {"name": {"any_": names[start:start + 200]}}, "limit": 200, "offset": offset}).json()
+                for run in page:
+                    counts[run["name"].removeprefix("order-")] += 1
+                if len(page) < 200:
+                    break
+                offset += 200
+    return counts
+
+
+def product_leg(stack: Stack) -> dict:
+    database = stack.data_dir / "orders.db"
+    say(f"product leg: steady {STEADY_RATE:g} orders/s for {STEADY_SECONDS}s")
+    steady = post_orders(stack.gateway, int(STEADY_RATE * STEADY_SECONDS), STEADY_RATE)
+    steady_numbers = saga_numbers(steady, wait_terminal(database, [i for i, _ in steady], 120))
+    say(f"  {steady_numbers}")
+    say(f"product leg: burst of {BURST} orders")
+    burst = post_orders(stack.gateway, BURST, None)
+    burst_numbers = saga_numbers(burst, wait_terminal(database, [i for i, _ in burst], 240))
+    say(f"  {burst_numbers}")
+    ids = [i for i, _ in steady + burst]
+    runs = flow_runs_per_order(stack.prefect_api, ids)
+    lost = sum(1 for i in ids if runs[i] != 1) + (len(ids) - steady_numbers["terminal"] - burst_numbers["terminal"])
+    return {"steady": steady_numbers, "burst": burst_numbers, "lost": lost,
+            "doubled": sum(1 for n in runs.values() if n > 1)}
+
+
+# --- default Prefect: serve + run_deployment ----------------------------------------------------
+
+DEFAULT_SERVE = """
+import sys
+from flows.order_saga import order_saga
+order_saga.serve(name="order-saga-default")
+"""
+
+
+def default_prefect_leg(stack: Stack, work: Path) -> dict:
+    env = {**stack.env, "OrderProcessing__DataDir": str(work / "default"), "PREFECT_LOGGING_LEVEL": "WARNING"}
+    server = subprocess.Popen([PYTHON, "-c", DEFAULT_SERVE], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        return asyncio.run(_default_leg(env, work / "default"))
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(60)
+
+
+async def _default_leg(env: dict[str, str], data_dir: Path) -> dict:
+    os.environ.update({k: v for k, v in env.items() if k.startswith(("PREFECT_", "OrderProcessing__"))})
+    from prefect.deployments import run_deployment
+
+    from fulfillment.bootstrap import bootstrap
+    from fulfillment.settings import Settings
+
+    container = bootstrap(Settings(data_dir=data_dir))
+    deadline = time.monotonic() + 60
+    while True:  # until `serve` has registered the deployment
+        try:
+            await run_deployment("order-saga/order-saga-default", parameters={"order_id": "warm-up"}, timeout=0)
+            break
+        except Exception:  # noqa: BLE001 - not registered yet
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+    accepted = []
+    for _ in range(DEFAULT_LEG_ORDERS):
+        sent = time.perf_counter()
+        order = await container.order_service.place(SEED, source="bench")
+        await run_deployment("order-saga/order-saga-default", parameters={"order_id": order.id}, timeout=0)
+        accepted.append((order.id, time.perf_counter() - sent))
+    await container.aclose()
+    documents = wait_terminal(data_dir / "orders.db", [i for i, _ in accepted], 240)
+    return saga_numbers(accepted, documents)
+
+
+# --- gateway legs -------------------------------------------------------------------------------
+
+GRAPHQL_ORDER = '{"query": "query($id: ID!) { order(id: $id) { id status totalAmount items { productId quantity } } }", "variables": {"id": "%s"}}'
+
+
+def gateway_legs(work: Path) -> dict:
+    """Against a gateway of its own (no worker, so POSTed orders only queue), and the bare route."""
+    port, bare_port = free_port(), free_port()
+    env = {**os.environ, "OrderProcessing__DataDir": str(work / "gateway"), "OrderProcessing__GatewayPort": str(port),
+           "LOG_LEVEL": "WARNING"}
+    gateway = subprocess.Popen([PYTHON, "-m", "gateway"], cwd=ROOT, env=env)
+    bare = subprocess.Popen([PYTHON, "-m", "benchmarks.bare_app", str(bare_port)], cwd=ROOT)
+    try:
+        for url in (f"http://127.0.0.1:{port}/healthz", f"http://127.0.0.1:{bare_port}/api/orders/x"):
+            _wait_http(url)
+        order_id = httpx.post(f"http://127.0.0.1:{port}/api/orders", json=SEED).json()["id"]
+        body = work / "order.json"
+        body.write_text(json.dumps(SEED))
+        query = work / "query.json"
+        query.write_text(GRAPHQL_ORDER % order_id)
+        legs = {
+            "bare route": _load(f"http://127.0.0.1:{bare_port}/api/orders/{order_id}"),
+            "REST GET /api/orders/{id}": _load(f"http://127.0.0.1:{port}/api/orders/{order_id}"),
+            "GraphQL order(id)": _load(f"http://127.0.0.1:{port}/graphql", "POST", query),
+            "REST POST /api/orders": _load(f"http://127.0.0.1:{port}/api/orders", "POST", body),
+        }
+        legs["rss_mb"] = {"gateway": peak_rss_mb(gateway.pid), "bare route": peak_rss_mb(bare.pid)}
+        return legs
+    finally:
+        for process in (gateway, bare):
+            process.terminate()
+            process.wait(30)
+
+
+def _wait_http(url: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise SystemExit(f"{url} did not answer")
+
+
+def _load(url: str, method: str = "GET", body: Path | None = None) -> dict:
+    command = [PYTHON, "-m", "benchmarks.loadgen", url, str(GATEWAY_SECONDS), str(GATEWAY_CONNECTIONS), method]
+    result = json.loads(subprocess.check_output(command + ([str(body)] if body else []), cwd=ROOT))
+    say(f"  {method} {url}: {result}")
+    return result
+
+
+# --- report -------------------------------------------------------------------------------------
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    memory = int(Path("/proc/meminfo").read_text().split()[1]) // 1024 // 1024
+    return f"{os.cpu_count()} cores ({cpu}), {memory} GiB, {platform.system()} {platform.release()}"
+
+
+def versions() -> str:
+    from importlib.metadata import version
+
+    packages = ["prefect", "starlette", "uvicorn", "strawberry-graphql", "pydantic"]
+    return ", ".join([f"Python {platform.python_version()}"] + [f"{p} {version(p)}" for p in packages])
+
+
+def main() -> None:
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="order-saga-bench-") as tmp:
+        work = Path(tmp)
+        say("limit leg: the saga as plain asyncio calls")
+        limit = limit_leg(work)
+        say(f"  {limit}")
+        say("starting the stack as `make up` does")
+        with Stack(work, {}) as stack:
+            product = product_leg(stack)
+            say(f"default-Prefect leg: serve + run_deployment, {DEFAULT_LEG_ORDERS} orders")
+            default = default_prefect_leg(stack, work)
+            say(f"  {default}")
+            rss = {role: peak_rss_mb(pid) for role, pid in stack.children().items()}
+        say("gateway legs")
+        gateway = gateway_legs(work)
+    bare = gateway["bare route"]["requests_per_s"]
+    summary = {
+        "sagas_per_s": product["burst"]["sagas_per_s"],
+        "default_per_s": default["sagas_per_s"],
+        "speedup": round(product["burst"]["sagas_per_s"] / default["sagas_per_s"], 1),
+        "limit_per_s": limit["sagas_per_s"],
+        "accept_p99_ms": max(product["steady"]["accept_p99_ms"], product["burst"]["accept_p99_ms"]),
+        "e2e_p50_ms": product["steady"]["e2e_p50_ms"],
+        "rest_get_ratio": round(gateway["REST GET /api/orders/{id}"]["requests_per_s"] / bare, 2),
+        "graphql_ratio": round(gateway["GraphQL order(id)"]["requests_per_s"] / bare, 2),
+        "lost": product["lost"],
+    }
+    write_report(limit, product, default, gateway, rss, summary, time.monotonic() - started)
+    print(" ".join(f"{key}={value}" for key, value in summary.items()), flush=True)
+
+
+def write_report(limit, product, default, gateway, rss, summary, seconds) -> None:
+    rows = [
+        ("product, steady 2 orders/s", product["steady"]), ("product, burst", product["burst"]),
+        ("default Prefect (serve + run_deployment)", default),
+    ]
+    saga_table = "\n".join(
+        f"| {name} | {n['orders']} | {n['terminal']} | {n['sagas_per_s']} | {n['accept_p50_ms']} | "
+        f"{n['accept_p99_ms']} | {n['e2e_p50_ms']} | {n['e2e_p99_ms']} |" for name, n in rows)
+    bare = gateway["bare route"]["requests_per_s"]
+    gateway_table = "\n".join(
+        f"| {name} | {leg['requests_per_s']} | {round(leg['requests_per_s'] / bare, 2)} | {leg['p50_ms']} | "
+        f"{leg['p99_ms']} | {leg['errors']} |" for name, leg in gateway.items() if name != "rss_mb")
+    rss_rows = {**{f"stack: {k}": v for k, v in rss.items()}, **{f"gateway leg: {k}": v for k, v in gateway["rss_mb"].items()}}
+    (ROOT / "BENCHMARKS.md").write_text(f"""# Benchmarks
+
+Written by `make bench` ({datetime.now().strftime('%Y-%m-%d %H:%M')}, {seconds:.0f} s). Every leg ran in the
+same run on the same machine; ratios compare legs of this run only.
+
+- **Machine:** {machine()}
+- **Versions:** {versions()}
+- **Settings:** embedded defaults (SQLite order store and services, Prefect server on SQLite), worker
+  concurrency {os.environ.get('OrderProcessing__WorkerConcurrency', 8)}, load generator
+  {GATEWAY_CONNECTIONS} keep-alive connections for {GATEWAY_SECONDS} s in its own process.
+
+## Sagas
+
+| leg | orders | terminal | sagas/s | accept p50 ms | accept p99 ms | e2e p50 ms | e2e p99 ms |
+|---|---|---|---|---|---|---|---|
+{saga_table}
+| limit: plain asyncio, no orchestrator | {limit['orders']} | {limit['orders']} | {limit['sagas_per_s']} | | | | |
+
+Lost or doubled (not terminal, or not exactly one flow run): **{summary['lost']}**. Speedup over default
+Prefect: **{summary['speedup']}×**.
+
+## Gateway
+
+| route | requests/s | ratio to bare | p50 ms | p99 ms | errors |
+|---|---|---|---|---|---|
+{gateway_table}
+
+## Peak RSS (MB)
+
+| process | peak RSS |
+|---|---|
+""" + "\n".join(f"| {name} | {value} |" for name, value in rss_rows.items()) + f"""
+
+## Summary
+
+```
+{' '.join(f'{key}={value}' for key, value in summary.items())}
+```
+""")
+
+
+if __name__ == "__main__":
+    main()
