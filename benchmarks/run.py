@@ -114,7 +114,7 @@ class Stack:
         pids = {}
         for child in Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split():
             command = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            role = ("prefect server" if "server start" in command else "worker" if "deployments.worker" in command
+            role = ("prefect server" if "prefect_server" in command else "worker" if "deployments.worker" in command
                     else "gateway" if "-m gateway" in command else command)
             pids[role] = int(child)
         return pids

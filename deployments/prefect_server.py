@@ -27,7 +27,8 @@ def main() -> None:
     AioSqliteConfiguration.begin_transaction = _always_immediate(AioSqliteConfiguration.begin_transaction)
     from prefect.cli import app
 
-    sys.exit(app(["server", "start", *sys.argv[1:]]))
+    sys.argv = ["prefect", "server", "start", *sys.argv[1:]]
+    sys.exit(app())
 
 
 if __name__ == "__main__":

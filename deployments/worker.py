@@ -11,6 +11,7 @@ idempotent steps make the re-run safe. Run with `python -m deployments.worker`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -18,15 +19,21 @@ import socket
 from datetime import timedelta
 from uuid import UUID
 
-from prefect.client.orchestration import PrefectClient, get_client
+from prefect import flow_engine
+from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.flow_engine import run_flow_async
 from prefect.flows import Flow
-from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+from prefect.context import AsyncClientContext
+from prefect.settings import (
+    PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+    PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK,
+    temporary_settings,
+)
 from prefect.states import Pending
 
 from deployments.jobs import InventoryEventJobs, Job, JobSource, SagaJobs
-from deployments.registration import register_deployments
+from deployments.registration import register_deployments, result_storage_block
 from flows import runtime
 from fulfillment.bootstrap import Container, bootstrap
 from fulfillment.logs import configure_logging
@@ -141,16 +148,30 @@ async def serve() -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    _skip_suspension_observers()
     try:
-        async with get_client() as client:
-            worker = Worker(_sources(container), await register_deployments(), client,
+        # One API client for the worker and every flow and task run it executes: Prefect reuses the client
+        # of an enclosing context instead of opening (and building a TLS context for) one per run.
+        async with AsyncClientContext.get_or_create() as client_context:
+            deployments = await register_deployments()
+            worker = Worker(_sources(container), deployments, client_context.client,
                             concurrency=container.settings.worker_concurrency,
                             poll_seconds=container.settings.outbox_poll_seconds)
-            # The heartbeat only matters to detect a dead runner; the leases do that here.
-            with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            # The heartbeat only matters to detect a dead runner; the leases do that here. Naming the result
+            # storage spares each run a lookup of the server's default through the API.
+            with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
+                                     PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK: await result_storage_block()}):
                 await worker.run(stop)
     finally:
         await container.aclose()
+
+
+def _skip_suspension_observers() -> None:
+    """For each run of a deployment, Prefect starts a thread with its own event loop, API client and events
+    websocket, only to notice a request to suspend the run. Sagas are never suspended (they are cancelled
+    through the order service and compensate), and on 2 cores those threads cost a third of the worker's
+    CPU (profile in BENCHMARKS.md), so the worker's runs go without them."""
+    flow_engine.observe_flow_run_suspension = lambda *args, **kwargs: contextlib.nullcontext()
 
 
 def _sources(container: Container) -> list[JobSource]:

@@ -1,0 +1,100 @@
+"""`InventoryEventInbox` on Azure Cosmos DB, in the orders' container (cosmos_orders.py), so that with Cosmos DB
+selected everything durable lives there. docs/cosmos.md shows the document and its costs.
+
+An event is one document: `{id: "inventory-event-<sha256 of the event id>", type: "inventoryEvent", event,
+receivedAt, appliedAt: null, applyDispatch: {availableAt, claimedBy, attempts, lastError}}`. `record` is one
+create, whose 409 is a redelivery. `done` removes `applyDispatch` and sets `appliedAt` but keeps the document,
+so a later redelivery still meets that 409. Claims work as the saga outbox's do (cosmos_leases.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import asdict
+from datetime import timedelta
+
+from azure.cosmos.exceptions import CosmosResourceExistsError, CosmosResourceNotFoundError
+
+from fulfillment.adapters.cosmos_common import (
+    ContainerOnFirstUse,
+    CosmosTarget,
+    Document,
+    Revision,
+    cosmos_target,
+    hashed_id,
+    rewrite,
+    translated_errors,
+)
+from fulfillment.adapters.cosmos_leases import LeasedDocuments
+from fulfillment.ports import InventoryEvent
+from fulfillment.settings import Settings
+
+INVENTORY_EVENT = "inventoryEvent"
+INBOX = LeasedDocuments(INVENTORY_EVENT, "applyDispatch")
+
+
+def create_cosmos_inventory_event_inbox(settings: Settings) -> CosmosInventoryEventInbox:
+    """The inbox in the container the settings select, as `create_cosmos_repository` picks it.
+
+    Does no I/O: the client opens, and the database and container are created if missing, on first use.
+    """
+    return CosmosInventoryEventInbox(cosmos_target(settings))
+
+
+def inventory_event_document_id(event_id: str) -> str:
+    """The id of an event's document (an event id may be any string: see `hashed_id`)."""
+    return hashed_id("inventory-event", event_id)
+
+
+class CosmosInventoryEventInbox:
+    def __init__(self, target: CosmosTarget):
+        self._container = ContainerOnFirstUse(target)
+
+    async def record(self, event: InventoryEvent) -> bool:
+        with translated_errors("record an inventory event"):
+            container = await self._container.ready()
+            try:
+                await container.create_item(_new_event_document(event))
+            except CosmosResourceExistsError:
+                return False
+            return True
+
+    async def claim(self, worker_id: str, *, limit: int, lease: timedelta) -> list[tuple[InventoryEvent, int]]:
+        with translated_errors("claim inventory events"):
+            claimed = await INBOX.claim(await self._container.ready(), worker_id, limit, lease)
+            return [(InventoryEvent(**document["event"]), INBOX.attempts(document)) for document in claimed]
+
+    async def renew(self, worker_id: str, event_ids: Sequence[str], *, lease: timedelta) -> None:
+        renewal = INBOX.renewal(worker_id, lease)
+        with translated_errors("renew inventory event leases"):
+            await asyncio.gather(*(self._rewrite_if_found(event_id, renewal) for event_id in event_ids))
+
+    async def release(self, worker_id: str, event_id: str, *, error: str, retry_in: timedelta) -> None:
+        with translated_errors("release an inventory event"):
+            await self._rewrite_if_found(event_id, INBOX.release(worker_id, error, retry_in))
+
+    async def done(self, event_id: str) -> None:
+        with translated_errors("mark an inventory event applied"):
+            await self._rewrite_if_found(event_id, _applied)
+
+    async def close(self) -> None:
+        await self._container.close()
+
+    async def _rewrite_if_found(self, event_id: str, revise: Revision) -> None:
+        container = await self._container.ready()
+        document_id = inventory_event_document_id(event_id)
+        with suppress(CosmosResourceNotFoundError):
+            await rewrite(container, lambda: container.read_item(document_id, partition_key=document_id), revise,
+                          name=f"inventory event {event_id}")
+
+
+def _new_event_document(event: InventoryEvent) -> Document:
+    return INBOX.enqueued({"id": inventory_event_document_id(event.event_id), "type": INVENTORY_EVENT,
+                           "event": asdict(event), "receivedAt": time.time(), "appliedAt": None})
+
+
+def _applied(document: Document) -> Document | None:
+    return INBOX.finished(document, appliedAt=time.time())
