@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from fulfillment.adapters.servicebus import client_factory
 from fulfillment.settings import Settings
 
 READY_TIMEOUT_S = 120
@@ -75,6 +76,8 @@ class Stack:
                                        "--host", api.hostname or "127.0.0.1", "--port", str(api.port or 4200)])
         self._wait_ready("prefect server", f"{settings.prefect_api_url.rstrip('/')}/health")
         self._start("saga worker", [sys.executable, "-m", "deployments.worker"])
+        if client_factory(settings, os.environ) is not None:
+            self._start("servicebus listener", [sys.executable, "-m", "deployments.servicebus_listener"])
         self._start("gateway", [sys.executable, "-m", "gateway"])
         gateway = f"http://{settings.gateway_host}:{settings.gateway_port}"
         self._wait_ready("gateway", f"{gateway}/healthz")

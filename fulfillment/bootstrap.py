@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from fulfillment.adapters.http_services import HttpInventory, HttpPayments, HttpShipping
@@ -70,7 +71,7 @@ def bootstrap(settings: Settings | None = None, **overrides) -> Container:
     inventory_events = overrides.get("inventory_events") or _inventory_event_inbox(settings)
     closers.append(inventory_events.close)
     monitor = overrides.get("monitor") or PrefectMonitor(settings.prefect_api_url, settings.prefect_ui_url)
-    failures = overrides.get("failures") or LogFailureAnnouncer()
+    failures = overrides.get("failures") or _failure_announcer(settings)
     closers += [monitor.aclose, failures.aclose]
     order_service = OrderService(orders, max_page_size=settings.page_size_max)
     actions = SagaActions(orders, inventory, payments, shipping,
@@ -106,6 +107,14 @@ def _order_store(settings: Settings) -> OrderRepository:
 
         return create_cosmos_repository(settings)
     return SqliteOrderRepository(settings.data_dir / "orders.db")
+
+
+def _failure_announcer(settings: Settings) -> FailureAnnouncer:
+    """The `order-failures` queue when Service Bus is configured, else a log line."""
+    from fulfillment.adapters.servicebus import ServiceBusFailureAnnouncer, client_factory
+
+    connect = client_factory(settings, os.environ)
+    return ServiceBusFailureAnnouncer(connect, settings.order_failures_queue) if connect else LogFailureAnnouncer()
 
 
 def _inventory_event_inbox(settings: Settings) -> InventoryEventInbox:

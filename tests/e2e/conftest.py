@@ -22,6 +22,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from fulfillment.adapters.sqlite_orders import SqliteOrderRepository
 from fulfillment.service.requests import new_order, parse_create_order
 from tests.conftest import SEED_ORDER
+from tests.servicebus_broker.broker import LocalServiceBus
+from tests.servicebus_broker.helpers import ORDER_FAILURES, ORDERS
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 180
@@ -160,8 +162,17 @@ def otlp_collector():
 
 
 @pytest.fixture(scope="session")
-def stack(stack_dir, preloaded_order, otlp_collector):
+def servicebus():
+    broker = LocalServiceBus((ORDERS, ORDER_FAILURES), lock_duration=30).start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(stack_dir, preloaded_order, otlp_collector, servicebus):
+    """The stack with every way in: REST, GraphQL, Event Grid (a webhook key) and Service Bus (a local broker)."""
     process, stack = start_stack(stack_dir / "var", stack_dir / "stack.log", OTEL_TRACES_EXPORTER="otlp",
-                                 OTEL_EXPORTER_OTLP_ENDPOINT=otlp_collector.endpoint, OTEL_BSP_SCHEDULE_DELAY="200")
+                                 OTEL_EXPORTER_OTLP_ENDPOINT=otlp_collector.endpoint, OTEL_BSP_SCHEDULE_DELAY="200",
+                                 ServiceBusConnection=servicebus.connection_string)
     yield stack
     stop_stack(process, stack.log)
