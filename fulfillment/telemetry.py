@@ -59,6 +59,11 @@ def configure_tracing(service_name: str) -> None:
     trace.set_tracer_provider(provider)
 
 
+def tracing_configured() -> bool:
+    """Whether this process records spans (a tracer provider is installed), so entry points need to start them."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 def shutdown_tracing() -> None:
     """Flushes the spans still buffered (a no-op when tracing is off)."""
     provider = trace.get_tracer_provider()

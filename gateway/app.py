@@ -12,6 +12,7 @@ from strawberry.asgi import GraphQL
 
 from fulfillment.bootstrap import bootstrap
 from fulfillment.settings import Settings
+from fulfillment.telemetry import tracing_configured
 from gateway import events, health, observability, rest
 from gateway.downstream import downstream_routes
 from gateway.errors import exception_handlers
@@ -48,7 +49,7 @@ def create_app(settings: Settings | None = None, **overrides) -> Starlette:
             WebSocketRoute("/graphql", graphql),
             Mount("/services", routes=downstream_routes(*container.embedded_services)),
         ],
-        middleware=[Middleware(observability.TracingMiddleware)],
+        middleware=[Middleware(observability.TracingMiddleware)] if tracing_configured() else [],
         exception_handlers=exception_handlers,
         lifespan=lifespan,
     )

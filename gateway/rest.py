@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -20,12 +21,12 @@ JSON_TYPES = ("application/json", "application/cloudevents+json", "application/c
 async def create_order(request: Request) -> Response:
     payload = await read_json(request)
     order = await services(request).order_service.place(payload, source="rest")
-    return JsonResponse(order_json(order), status_code=202, headers={"Location": f"/api/orders/{order.id}"})
+    return JSONResponse(order_json(order), status_code=202, headers={"Location": f"/api/orders/{order.id}"})
 
 
 async def get_order(request: Request) -> Response:
     order_id = parse_order_id(request.path_params["id"])
-    return JsonResponse(order_json(await services(request).order_service.get(order_id)))
+    return JSONResponse(order_json(await services(request).order_service.get(order_id)))
 
 
 async def orders_by_customer(request: Request) -> Response:
@@ -37,7 +38,7 @@ async def orders_by_customer(request: Request) -> Response:
         raise InvalidRequest([FieldError("cursor" if e.field == "after" else e.field, e.message)
                               for e in error.errors]) from None
     headers = {"X-Next-Cursor": page.next_cursor} if page.next_cursor else None
-    return JsonResponse([order_json(order) for order in page.orders], headers=headers)
+    return JSONResponse([order_json(order) for order in page.orders], headers=headers)
 
 
 async def read_json(request: Request) -> Any:
@@ -74,38 +75,26 @@ def order_json(order: Order) -> dict[str, Any]:
         "id": order.id,
         "customerId": order.customer_id,
         "status": order.status.value,
-        "totalAmount": order.total_amount,
+        "totalAmount": json_amount(order.total_amount),
         "createdAt": iso_utc(order.created_at),
         "completedAt": iso_utc(order.completed_at) if order.completed_at else None,
         "failureReason": order.failure_reason,
         "items": [
             {"productId": i.product_id, "productName": i.product_name, "quantity": i.quantity,
-             "unitPrice": i.unit_price}
+             "unitPrice": json_amount(i.unit_price)}
             for i in order.items
         ],
     }
 
 
-def iso_utc(moment) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+def iso_utc(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-class JsonResponse(JSONResponse):
-    """JSON with exact amounts: a Decimal is written as the number it is (149.93, never 149.92999...)."""
-
-    def render(self, content: Any) -> bytes:
-        return super().render(_numbers(content))
-
-
-def _numbers(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        # float() of a 2-decimal amount prints back as the same shortest decimal (repr round-trips).
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dict):
-        return {key: _numbers(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_numbers(item) for item in value]
-    return value
+def json_amount(amount: Decimal) -> int | float:
+    """An exact amount as a JSON number: 149.93, never 149.92999... (a 2-decimal amount's float prints back
+    as the same shortest decimal, since repr round-trips)."""
+    return int(amount) if amount == amount.to_integral_value() else float(amount)
 
 
 def _positive_int(raw: str | None, name: str) -> int | None:

@@ -56,10 +56,11 @@ class SqliteOrderRepository:
         return await self._db.write(insert)
 
     async def get(self, order_id: str) -> Order:
-        (order,) = await self.get_many([order_id])
-        if order is None:
+        row = await self._db.read(lambda db: db.execute("SELECT document FROM orders WHERE id = ?",
+                                                        (order_id,)).fetchone())
+        if row is None:
             raise OrderNotFound(order_id)
-        return order
+        return _order(row)
 
     async def get_many(self, order_ids: Sequence[str]) -> list[Order | None]:
         def select(db: sqlite3.Connection) -> list[Order | None]:

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import MaskErrors, QueryDepthLimiter
+from strawberry.extensions import AddValidationRules, MaskErrors, ParserCache, QueryDepthLimiter, ValidationCache
 from strawberry.types import Info
 
 from fulfillment.domain import FieldError as DomainFieldError
@@ -21,6 +21,7 @@ from gateway.graphql.types import Order, OrderConnection, OrderEdge, PageInfo, S
 from gateway.rest import parse_order_id
 
 STATUS_POLL_SECONDS = 0.5
+QUERY_CACHE_SIZE = 512
 
 
 @strawberry.input
@@ -156,11 +157,20 @@ class Subscription:
 
 
 def create_schema(max_depth: int) -> strawberry.Schema:
+    # One depth rule for every request: the validation cache is keyed by the rules, so a rule made per
+    # request would never be found in it.
+    depth_limit = QueryDepthLimiter(max_depth=max_depth).validation_rules
     return strawberry.Schema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
-        extensions=[QueryDepthLimiter(max_depth=max_depth), MaskErrors(should_mask_error=_is_unexpected)],
+        extensions=[
+            lambda: AddValidationRules(depth_limit),
+            # Clients send the same few documents again and again: parse and validate each once.
+            lambda: ParserCache(maxsize=QUERY_CACHE_SIZE),
+            lambda: ValidationCache(maxsize=QUERY_CACHE_SIZE),
+            lambda: MaskErrors(should_mask_error=_is_unexpected),
+        ],
     )
 
 

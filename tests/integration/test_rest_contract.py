@@ -285,7 +285,7 @@ def test_a_malformed_order_id_is_400(client, raw_id):
 
 def test_an_unexpected_failure_is_a_500_without_a_stack_trace(tmp_path):
     class BrokenStore(SqliteOrderRepository):
-        async def get_many(self, order_ids):
+        async def get(self, order_id):
             raise RuntimeError("secret internals of the store")
 
     settings = make_settings(tmp_path)
