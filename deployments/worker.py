@@ -50,7 +50,8 @@ class Worker:
     def __init__(self, sources: list[JobSource], deployments: dict[str, tuple[UUID, Flow]],
                  client: PrefectClient, *, concurrency: int, poll_seconds: float):
         self._sources = sources
-        self._deployments = deployments
+        self._deployments = {name: (deployment_id, _named_by_us(flow))
+                             for name, (deployment_id, flow) in deployments.items()}
         self._client = client
         self._concurrency = concurrency
         self._poll_seconds = poll_seconds
@@ -102,10 +103,11 @@ class Worker:
             deployment_id, parameters=job.parameters, name=job.run_name, tags=list(job.tags),
             idempotency_key=job.key,
             labels={PREFECT_TRACEPARENT_LABEL: job.trace_parent} if job.trace_parent else None)
+        if flow_run.state_type is StateType.SCHEDULED:
+            return flow_run  # the engine moves it to Running; only a run outside the outbox could race us
         # We hold the job's lease, so no other worker runs it now: a run left behind by a dead worker
         # (Running, Crashed, ...) is taken over rather than waited for.
-        resumed = flow_run.state_type is not StateType.SCHEDULED
-        await self._client.set_flow_run_state(flow_run.id, Pending(), force=resumed)
+        await self._client.set_flow_run_state(flow_run.id, Pending(), force=True)
         return await self._client.read_flow_run(flow_run.id)
 
     async def _renew_leases(self, stop: asyncio.Event) -> None:
@@ -132,6 +134,14 @@ class Worker:
         for source, key in stopped:
             await source.release(self._worker_id, key, "worker stopped", timedelta(0))
         log.warning("jobs handed back", extra={"keys": [key for _, key in stopped]})
+
+
+def _named_by_us(flow: Flow) -> Flow:
+    """The flow without its run-name template: the worker names each run when it creates it, and the engine
+    would otherwise rename the run to the same name through the API, once per run."""
+    unnamed = flow.with_options()
+    unnamed.flow_run_name = None
+    return unnamed
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
