@@ -6,9 +6,11 @@ Legs, all over the same embedded stores and services:
   burst; accept latency, accept → terminal latency, sagas/s, and that every order ended terminal with one
   flow run;
 - default-Prefect: the same flow run the way Prefect does out of the box (`serve` + `run_deployment`);
+- PostgreSQL: the product burst again with the Prefect server on PostgreSQL (when it is installed);
 - gateway: GET /api/orders/{id}, POST /api/orders and a GraphQL `order(id)` query from a load generator in
-  another process, against a bare Starlette route on the same uvicorn settings (the limit);
-- peak RSS of each process.
+  another process, against a bare Starlette route on the same uvicorn settings (the limit), and GraphQL's
+  `{ __typename }` (the floor of the GraphQL machinery itself);
+- peak RSS of each process, and the CPU seconds each process spends per saga in the bursts.
 The last line printed is the summary the issue asks for.
 """
 
@@ -31,6 +33,8 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.postgres import postgres_bin_dir, throwaway_postgres
+
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 SEED = {"customerId": "cust-bench", "items": [
@@ -38,6 +42,7 @@ SEED = {"customerId": "cust-bench", "items": [
     {"productId": "prod-200", "productName": "USB-C Cable", "quantity": 1, "unitPrice": 9.99}]}
 STEADY_RATE, STEADY_SECONDS = 2.0, 20
 BURST = 150
+POSTGRES_BURST = 200
 DEFAULT_LEG_ORDERS = 20
 LIMIT_LEG_ORDERS = 300
 GATEWAY_SECONDS, GATEWAY_CONNECTIONS = 8, 16
@@ -124,6 +129,11 @@ class Stack:
         self.process.wait(60)
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -194,6 +204,18 @@ def flow_runs_per_order(prefect_api: str, order_ids: list[str]) -> dict[str, int
     return counts
 
 
+def burst_leg(stack: Stack, count: int, database: Path | None) -> tuple[list, dict]:
+    """A burst of orders; its numbers include the CPU seconds each process of the stack spent per saga."""
+    processes = stack.children()
+    before = {role: cpu_seconds(pid) for role, pid in processes.items()}
+    burst = post_orders(stack.gateway, count, None)
+    numbers = saga_numbers(burst, wait_terminal(database or stack.data_dir / "orders.db", [i for i, _ in burst], 240))
+    numbers["cpu_s_per_saga"] = {role: round((cpu_seconds(pid) - before[role]) / count, 3)
+                                 for role, pid in processes.items()}
+    say(f"  {numbers}")
+    return burst, numbers
+
+
 def product_leg(stack: Stack) -> dict:
     database = stack.data_dir / "orders.db"
     say(f"product leg: steady {STEADY_RATE:g} orders/s for {STEADY_SECONDS}s")
@@ -201,9 +223,7 @@ def product_leg(stack: Stack) -> dict:
     steady_numbers = saga_numbers(steady, wait_terminal(database, [i for i, _ in steady], 120))
     say(f"  {steady_numbers}")
     say(f"product leg: burst of {BURST} orders")
-    burst = post_orders(stack.gateway, BURST, None)
-    burst_numbers = saga_numbers(burst, wait_terminal(database, [i for i, _ in burst], 240))
-    say(f"  {burst_numbers}")
+    burst, burst_numbers = burst_leg(stack, BURST, database)
     ids = [i for i, _ in steady + burst]
     runs = flow_runs_per_order(stack.prefect_api, ids)
     lost = sum(1 for i in ids if runs[i] != 1) + (len(ids) - steady_numbers["terminal"] - burst_numbers["terminal"])
@@ -279,11 +299,14 @@ def gateway_legs(work: Path) -> dict:
         body.write_text(json.dumps(SEED))
         query = work / "query.json"
         query.write_text(GRAPHQL_ORDER % order_id)
+        typename = work / "typename.json"
+        typename.write_text('{"query": "{ __typename }"}')
         legs = {
             "bare route": _load(f"http://127.0.0.1:{bare_port}/api/orders/{order_id}"),
             "REST GET /api/orders/{id}": _load(f"http://127.0.0.1:{port}/api/orders/{order_id}"),
             "GraphQL order(id)": _load(f"http://127.0.0.1:{port}/graphql", "POST", query),
             "REST POST /api/orders": _load(f"http://127.0.0.1:{port}/api/orders", "POST", body),
+            "GraphQL { __typename } (floor)": _load(f"http://127.0.0.1:{port}/graphql", "POST", typename),
         }
         legs["rss_mb"] = {"gateway": peak_rss_mb(gateway.pid), "bare route": peak_rss_mb(bare.pid)}
         return legs
@@ -341,6 +364,7 @@ def main() -> None:
             default = default_prefect_leg(stack, work)
             say(f"  {default}")
             rss = {role: peak_rss_mb(pid) for role, pid in stack.children().items()}
+        postgres = postgres_leg(work)
         say("gateway legs")
         gateway = gateway_legs(work)
     bare = gateway["bare route"]["requests_per_s"]
@@ -355,13 +379,49 @@ def main() -> None:
         "graphql_ratio": round(gateway["GraphQL order(id)"]["requests_per_s"] / bare, 2),
         "lost": product["lost"],
     }
-    write_report(limit, product, default, gateway, rss, summary, time.monotonic() - started)
+    write_report(limit, product, default, postgres, gateway, rss, summary, time.monotonic() - started)
     print(" ".join(f"{key}={value}" for key, value in summary.items()), flush=True)
 
 
-def write_report(limit, product, default, gateway, rss, summary, seconds) -> None:
+def postgres_leg(work: Path) -> dict | None:
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        say("PostgreSQL leg skipped: PostgreSQL is not installed (see the README)")
+        return None
+    say(f"PostgreSQL leg: the stack with the Prefect server on PostgreSQL, burst of {POSTGRES_BURST} orders")
+    with throwaway_postgres(bin_dir, free_port()) as url:
+        (work / "pg").mkdir()
+        with Stack(work / "pg", {"PREFECT_API_DATABASE_CONNECTION_URL": url}) as stack:
+            return burst_leg(stack, POSTGRES_BURST, None)[1]
+
+
+def cpu_section(sqlite_burst: dict, postgres: dict | None) -> str:
+    """The CPU each saga costs each process, and the ceiling that puts on sagas/s on this machine."""
+    rows = []
+    for name, burst in (("SQLite", sqlite_burst), ("PostgreSQL", postgres)):
+        if burst is None:
+            continue
+        cpu = burst["cpu_s_per_saga"]
+        server, total = cpu.get("prefect server", 0.0), sum(cpu.values())
+        ceiling = min(1 / server, (os.cpu_count() or 1) / total)
+        rows.append(f"| {name} | {server} | {cpu.get('worker', 0.0)} | {cpu.get('gateway', 0.0)} | "
+                    f"{total:.3f} | {ceiling:.1f} | {burst['sagas_per_s']} |")
+    return """## Where the time goes
+
+CPU seconds per saga of each process during the bursts (PostgreSQL's own processes not counted). The
+Prefect server is one Python process, so it runs at most 1 / (its CPU per saga) sagas/s; the stack as a whole
+at most cores / (total CPU per saga). Every saga is a flow run with three task runs, their state changes,
+events and logs, and an artifact, all recorded by the server: that is the floor.
+
+| Prefect database | server | worker | gateway | total | ceiling sagas/s | measured sagas/s |
+|---|---|---|---|---|---|---|
+""" + "\n".join(rows)
+
+
+def write_report(limit, product, default, postgres, gateway, rss, summary, seconds) -> None:
     rows = [
         ("product, steady 2 orders/s", product["steady"]), ("product, burst", product["burst"]),
+        *([("product on PostgreSQL, burst", postgres)] if postgres else []),
         ("default Prefect (serve + run_deployment)", default),
     ]
     saga_table = "\n".join(
@@ -371,6 +431,13 @@ def write_report(limit, product, default, gateway, rss, summary, seconds) -> Non
     gateway_table = "\n".join(
         f"| {name} | {leg['requests_per_s']} | {round(leg['requests_per_s'] / bare, 2)} | {leg['p50_ms']} | "
         f"{leg['p99_ms']} | {leg['errors']} |" for name, leg in gateway.items() if name != "rss_mb")
+    floor = gateway["GraphQL { __typename } (floor)"]["requests_per_s"] / bare
+    gateway_table += f"""
+
+`{{ __typename }}` is the floor of the GraphQL machinery itself (Strawberry's HTTP view, body parsing,
+extension hooks, graphql-core's executor) before any resolver runs: {floor:.0%} of the bare route here.
+`order(id)` reaches {summary['graphql_ratio']:.0%}; the difference is resolving its fields (one DataLoader
+batch, one point read, eight fields through graphql-core)."""
     rss_rows = {**{f"stack: {k}": v for k, v in rss.items()}, **{f"gateway leg: {k}": v for k, v in gateway["rss_mb"].items()}}
     (ROOT / "BENCHMARKS.md").write_text(f"""# Benchmarks
 
@@ -379,9 +446,11 @@ same run on the same machine; ratios compare legs of this run only.
 
 - **Machine:** {machine()}
 - **Versions:** {versions()}
-- **Settings:** embedded defaults (SQLite order store and services, Prefect server on SQLite), worker
-  concurrency {os.environ.get('OrderProcessing__WorkerConcurrency', 8)}, load generator
-  {GATEWAY_CONNECTIONS} keep-alive connections for {GATEWAY_SECONDS} s in its own process.
+- **Settings:** the stack as `make up` starts it on embedded defaults: SQLite order store and services,
+  Prefect server on SQLite (write transactions `BEGIN IMMEDIATE`, task runs recorded in batches), one worker
+  executing flow runs in-process, {os.environ.get('OrderProcessing__WorkerConcurrency', 8)} at once; uvicorn
+  defaults (h11, asyncio). Load generator: {GATEWAY_CONNECTIONS} keep-alive connections for
+  {GATEWAY_SECONDS} s in its own process. Steady leg {STEADY_RATE:g} orders/s for {STEADY_SECONDS} s.
 
 ## Sagas
 
@@ -392,6 +461,8 @@ same run on the same machine; ratios compare legs of this run only.
 
 Lost or doubled (not terminal, or not exactly one flow run): **{summary['lost']}**. Speedup over default
 Prefect: **{summary['speedup']}×**.
+
+{cpu_section(product["burst"], postgres)}
 
 ## Gateway
 

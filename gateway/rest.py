@@ -109,8 +109,8 @@ def _too_large(limit: int) -> ApiError:
     return ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes")
 
 
-routes = [
+routes = [  # status polling first: it is the most frequent request
+    Route("/api/orders/{id}", get_order, methods=["GET"]),
     Route("/api/orders", create_order, methods=["POST"]),
     Route("/api/orders/customer/{customerId}", orders_by_customer, methods=["GET"]),
-    Route("/api/orders/{id}", get_order, methods=["GET"]),
 ]
