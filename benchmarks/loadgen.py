@@ -12,6 +12,7 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 
@@ -57,5 +58,5 @@ async def main(url: str, seconds: float, connections: int, method: str = "GET", 
 if __name__ == "__main__":
     url, seconds, connections = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
     method = sys.argv[4] if len(sys.argv) > 4 else "GET"
-    body = open(sys.argv[5], "rb").read() if len(sys.argv) > 5 else b""
+    body = Path(sys.argv[5]).read_bytes() if len(sys.argv) > 5 else b""
     print(json.dumps(asyncio.run(main(url, seconds, connections, method, body))))

@@ -34,6 +34,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.postgres import postgres_bin_dir, throwaway_postgres
+from fulfillment.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -68,7 +69,6 @@ def percentile(values: list[float], q: int) -> float:
 
 def limit_leg(work: Path) -> dict:
     from fulfillment.bootstrap import bootstrap
-    from fulfillment.settings import Settings
 
     async def run() -> float:
         container = bootstrap(Settings(data_dir=work / "limit", default_stock=10**9))
@@ -256,7 +256,6 @@ async def _default_leg(env: dict[str, str], data_dir: Path) -> dict:
     from prefect.deployments import run_deployment
 
     from fulfillment.bootstrap import bootstrap
-    from fulfillment.settings import Settings
 
     container = bootstrap(Settings(data_dir=data_dir))
     deadline = time.monotonic() + 60
@@ -448,7 +447,7 @@ same run on the same machine; ratios compare legs of this run only.
 - **Versions:** {versions()}
 - **Settings:** the stack as `make up` starts it on embedded defaults: SQLite order store and services,
   Prefect server on SQLite (write transactions `BEGIN IMMEDIATE`, task runs recorded in batches), one worker
-  executing flow runs in-process, {os.environ.get('OrderProcessing__WorkerConcurrency', 8)} at once; uvicorn
+  executing flow runs in-process, {Settings().worker_concurrency} at once; uvicorn
   defaults (h11, asyncio). Load generator: {GATEWAY_CONNECTIONS} keep-alive connections for
   {GATEWAY_SECONDS} s in its own process. Steady leg {STEADY_RATE:g} orders/s for {STEADY_SECONDS} s.
 

@@ -22,9 +22,9 @@ from uuid import UUID
 from prefect import flow_engine
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.context import AsyncClientContext
 from prefect.flow_engine import run_flow_async
 from prefect.flows import Flow
-from prefect.context import AsyncClientContext
 from prefect.settings import (
     PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
     PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK,
@@ -145,10 +145,8 @@ def _named_by_us(flow: Flow) -> Flow:
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        pass
 
 
 async def serve() -> None:

@@ -17,7 +17,16 @@ from fulfillment.adapters.sqlite_services import (
     SqlitePayments,
     SqliteShipping,
 )
-from fulfillment.ports import FailureAnnouncer, Inventory, InventoryEventInbox, OrderRepository, Payments, SagaMonitor, SagaOutbox, Shipping
+from fulfillment.ports import (
+    FailureAnnouncer,
+    Inventory,
+    InventoryEventInbox,
+    OrderRepository,
+    Payments,
+    SagaMonitor,
+    SagaOutbox,
+    Shipping,
+)
 from fulfillment.service import OrderSaga, OrderService, RetryPolicy, SagaActions
 from fulfillment.service.events import EventService
 from fulfillment.settings import Settings

@@ -190,7 +190,8 @@ class OrderSaga:
                 message = f"{type(error).__name__}: {error}"
                 log.error("order %s: %s failed, %s: %s", order.id, compensation, MANUAL_INTERVENTION, message)
                 COMPENSATION_FAILURES.labels(str(compensation)).inc()
-                await self._orders.update(order.id, lambda o: o.record_compensation_failure(compensation, message))
+                await self._orders.update(
+                    order.id, lambda o, step=compensation, error=message: o.record_compensation_failure(step, error))
 
     async def _finish(self, order_id: str, change: Callable[[Order], None]) -> OrderResult:
         try:

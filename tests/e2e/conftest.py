@@ -11,9 +11,8 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
-
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from decimal import Decimal
@@ -79,7 +79,7 @@ async def race_twenty_updates(one, two, order_id) -> list[str]:
         order.attach_flow_run(f"{order.flow_run_id or ''}{letter}")
 
     await asyncio.gather(*(repository.update(order_id, lambda o, letter=letter: append(o, letter))
-                           for letter, repository in zip(TWENTY_LETTERS, [one, two] * 10)))
+                           for letter, repository in zip(TWENTY_LETTERS, [one, two] * 10, strict=True)))
     return applied
 
 
