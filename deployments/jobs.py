@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any, Protocol
 
-from fulfillment.ports import InventoryEventInbox, OrderRepository, SagaOutbox
+from fulfillment.domain import OrderStatus
+from fulfillment.ports import FailureAnnouncer, InventoryEventInbox, OrderRepository, SagaOutbox
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,14 @@ class JobSource(Protocol):
 
 
 class SagaJobs:
-    """Orders waiting in the outbox → `order-saga` runs named `order-<id>`, tagged with the customer id."""
+    """Orders waiting in the outbox → `order-saga` runs named `order-<id>`, tagged with the customer id.
 
-    def __init__(self, outbox: SagaOutbox, orders: OrderRepository):
-        self._outbox, self._orders = outbox, orders
+    A failed order is announced (`FailureAnnouncer`) before its outbox entry is done: if the announcement
+    fails, the job is retried, the re-run saga changes nothing, and the announcement is tried again.
+    """
+
+    def __init__(self, outbox: SagaOutbox, orders: OrderRepository, failures: FailureAnnouncer):
+        self._outbox, self._orders, self._failures = outbox, orders, failures
 
     async def claim(self, worker_id: str, limit: int, lease: timedelta) -> list[Job]:
         entries = await self._outbox.claim(worker_id, limit=limit, lease=lease)
@@ -61,6 +66,9 @@ class SagaJobs:
         await self._orders.update(job.key, lambda order: order.attach_flow_run(flow_run_id))
 
     async def done(self, key: str) -> None:
+        order = await self._orders.get(key)
+        if order.status is OrderStatus.FAILED:
+            await self._failures.order_failed(order)
         await self._outbox.done(key)
 
 

@@ -183,7 +183,8 @@ def _skip_suspension_observers() -> None:
 
 
 def _sources(container: Container) -> list[JobSource]:
-    return [SagaJobs(container.outbox, container.orders), InventoryEventJobs(container.inventory_events)]
+    return [SagaJobs(container.outbox, container.orders, container.failures),
+            InventoryEventJobs(container.inventory_events)]
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 
 from flows.runtime import container
-from fulfillment.domain import Compensation, Order, OrderStatus, Step
+from fulfillment.domain import Compensation, Order, Step
 from fulfillment.service.saga import Action
 
 
@@ -70,8 +70,6 @@ async def order_saga(order_id: str) -> State:
                                     description=f"Saga of order {order_id}: {order.status}")
     if result.success:
         return Completed(message=f"order {order_id} completed, tracking {result.tracking_id}", data=result)
-    if result.status is OrderStatus.FAILED:
-        await services.failures.order_failed(order)
     return Failed(message=f"order {order_id} {result.status}: {result.failure_reason}", data=result)
 
 
