@@ -38,6 +38,7 @@ def to_document(order: Order) -> dict[str, Any]:
             for i in order.items
         ],
         "saga": {
+            "startedAt": saga.started_at.isoformat() if saga.started_at else None,
             "completedSteps": [s.value for s in saga.completed_steps],
             "compensatedSteps": [c.value for c in saga.compensated_steps],
             "reservationId": saga.reservation_id,
@@ -70,6 +71,7 @@ def from_document(document: dict[str, Any]) -> Order:
     saga = document["saga"]
     order.saga = SagaState(
         order_id=order.id,
+        started_at=datetime.fromisoformat(saga["startedAt"]) if saga.get("startedAt") else None,
         completed_steps=[Step(s) for s in saga["completedSteps"]],
         compensated_steps=[Compensation(c) for c in saga["compensatedSteps"]],
         reservation_id=saga["reservationId"],

@@ -58,6 +58,7 @@ COMPENSATION_OF: dict[Step, Compensation] = {
     Step.RESERVE_INVENTORY: Compensation.COMPENSATE_INVENTORY,
     Step.PROCESS_PAYMENT: Compensation.REFUND_PAYMENT,
 }
+STEP_UNDONE_BY = {compensation: step for step, compensation in COMPENSATION_OF.items()}
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class SagaState:
     """What the saga did to one order, kept with the order for audit."""
 
     order_id: str
+    started_at: datetime | None = None  # when a saga first ran for the order: its time limit counts from here
     completed_steps: list[Step] = field(default_factory=list)
     compensated_steps: list[Compensation] = field(default_factory=list)
     reservation_id: str | None = None
@@ -141,8 +143,15 @@ class Order:
 
     # --- saga progress -------------------------------------------------------------------------
 
+    def begin_saga(self, now: datetime | None = None) -> None:
+        self._require_active()
+        if self.saga.started_at is None:
+            self.saga.started_at = now or datetime.now(UTC)
+
     def record_step(self, step: Step, reference: str | None) -> None:
         self._require_active()
+        if self.status is OrderStatus.COMPENSATING:
+            raise InvalidTransition(f"order {self.id} is compensating; {step} cannot complete now")
         if step in self.saga.completed_steps:
             return
         self.saga.completed_steps.append(step)
@@ -155,13 +164,21 @@ class Order:
                 self.saga.tracking_id = reference
         self.status = step.status_after
 
-    def start_compensating(self, failed_step: str, reason: str) -> None:
+    def start_compensating(self, failed_step: str | None, reason: str) -> None:
+        """`failed_step` is None when the saga stops because it was cancelled, not because a step failed."""
         self._require_active()
         self.status = OrderStatus.COMPENSATING
         self.saga.failed_step = failed_step
         self.saga.failure_reason = reason
 
-    def record_compensation(self, compensation: Compensation) -> None:
+    @property
+    def stopped_by_cancellation(self) -> bool:
+        return self.status is OrderStatus.COMPENSATING and self.saga.failed_step is None
+
+    def record_compensation(self, compensation: Compensation, *, undid_something: bool) -> None:
+        """Records a compensation of a completed step, or one that found an effect to undo (a step cut short)."""
+        if not (undid_something or STEP_UNDONE_BY[compensation] in self.saga.completed_steps):
+            return
         if compensation not in self.saga.compensated_steps:
             self.saga.compensated_steps.append(compensation)
 
@@ -177,7 +194,7 @@ class Order:
     def finish_unsuccessfully(self, now: datetime | None = None) -> None:
         """Ends a compensated saga: `cancelled` if a cancellation stopped it, otherwise `failed`."""
         self._require_active()
-        self.status = OrderStatus.CANCELLED if self.cancel_requested else OrderStatus.FAILED
+        self.status = OrderStatus.CANCELLED if self.stopped_by_cancellation else OrderStatus.FAILED
         self.failure_reason = self.saga.failure_reason
         self.completed_at = now or datetime.now(UTC)
 

@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from fulfillment.domain import (
@@ -21,6 +22,7 @@ from fulfillment.domain import (
     InvalidTransition,
     Order,
     OrderResult,
+    OrderStatus,
     Step,
     StepRefused,
     TransientFault,
@@ -35,6 +37,7 @@ Invoke = Callable[[Action, str, float], Awaitable[object]]
 """Runs one action for an order id within a time budget (seconds); raises what the action raises."""
 
 MANUAL_INTERVENTION = "manual intervention required"
+TIMER_SLACK_S = 0.05  # a step's budget runs out this close to the saga's deadline: the saga timed out
 T = TypeVar("T")
 
 
@@ -103,8 +106,8 @@ class SagaActions:
                 undo = self._payments.refund
             case Compensation.COMPENSATE_INVENTORY:
                 undo = self._inventory.release
-        await self._retry.call(f"{compensation} {order_id}", lambda: undo(order_id))
-        await self._orders.update(order_id, lambda o: o.record_compensation(compensation))
+        undone = await self._retry.call(f"{compensation} {order_id}", lambda: undo(order_id))
+        await self._orders.update(order_id, lambda o: o.record_compensation(compensation, undid_something=undone))
         COMPENSATIONS.labels(str(compensation)).inc()
 
 
@@ -118,8 +121,19 @@ class SagaCancelled(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class _Stop:
+    """Why the forward steps stopped: the failed step (None for a cancellation), the reason, and a step that
+    was cut short, so its effect is unknown and it is compensated too."""
+
+    failed_step: Step | None
+    reason: str
+    in_doubt: Step | None = None
+
+
 class OrderSaga:
-    """Runs an order's saga to a terminal status. Re-running a finished saga changes nothing."""
+    """Runs an order's saga to a terminal status. Re-running a finished saga changes nothing; re-running one cut
+    short (a crash, a stopped worker) resumes it: completed steps are skipped, a compensation under way goes on."""
 
     def __init__(self, orders: OrderRepository, actions: SagaActions, timeout_seconds: float):
         self._orders = orders
@@ -137,22 +151,28 @@ class OrderSaga:
         if order.status.is_terminal:
             return order.result()
         started = time.monotonic()
-        failure = await self._run_steps(order, invoke, started + self._timeout)
-        if failure is None:
-            result = await self._finish(order_id, lambda o: o.complete())
+        order = await self._orders.update(order_id, lambda o: o.begin_saga())
+        if order.status is OrderStatus.COMPENSATING:  # resumed: the step that failed may have left an effect
+            in_doubt = Step(order.saga.failed_step) if order.saga.failed_step else None
         else:
-            step, reason, in_doubt = failure
-            log.warning("order %s: %s; compensating", order_id, reason)
-            order = await self._orders.update(order_id, lambda o: o.start_compensating(step, reason))
-            await self._compensate(order, invoke, in_doubt)
-            result = await self._finish(order_id, lambda o: o.finish_unsuccessfully())
-        SAGA_OUTCOMES.labels(str(result.status)).inc()
-        SAGA_DURATION.labels(str(result.status)).observe(time.monotonic() - started)
-        return result
+            stop = await self._run_steps(order, invoke, self._deadline(order))
+            if stop is None:
+                return self._observed(await self._finish(order_id, lambda o: o.complete()), started)
+            log.warning("order %s: %s; compensating", order_id, stop.reason, extra={"order_id": order_id})
+            order = await self._orders.update(order_id,
+                                              lambda o: o.start_compensating(stop.failed_step, stop.reason))
+            in_doubt = stop.in_doubt
+        await self._compensate(order, invoke, in_doubt)
+        return self._observed(await self._finish(order_id, lambda o: o.finish_unsuccessfully()), started)
 
-    async def _run_steps(self, order: Order, invoke: Invoke,
-                         deadline: float) -> tuple[str, str, Step | None] | None:
-        """None when every step succeeded, else (failed step, reason, step whose effect is unknown)."""
+    def _deadline(self, order: Order) -> float:
+        """The saga's time limit, counted from its first start, on the monotonic clock."""
+        assert order.saga.started_at is not None
+        elapsed = (datetime.now(UTC) - order.saga.started_at).total_seconds()
+        return time.monotonic() + self._timeout - elapsed
+
+    async def _run_steps(self, order: Order, invoke: Invoke, deadline: float) -> _Stop | None:
+        """None when every step succeeded."""
         for step in Step:
             if step in order.saga.completed_steps:
                 continue
@@ -161,17 +181,18 @@ class OrderSaga:
                     raise SagaCancelled
                 await invoke(step, order.id, max(deadline - time.monotonic(), 0.001))
             except SagaCancelled:
-                return step, f"cancelled on request before {step}", None
+                return _Stop(None, f"cancelled on request before {step}")
             except StepRefused as refusal:
-                return step, f"{step} failed: {refusal}", None
-            except TimeoutError:
-                minutes = f"{self._timeout / 60:g}"
-                return step, f"saga timed out after {minutes} minutes during {step}", step
+                return _Stop(step, f"{step} failed: {refusal}")
+            except TimeoutError as timeout:
+                if time.monotonic() >= deadline - TIMER_SLACK_S:
+                    return _Stop(step, f"saga timed out after {self._timeout / 60:g} minutes during {step}", step)
+                return _Stop(step, f"{step} failed: TimeoutError: {timeout}", step)
             except TransientFault as fault:
-                return step, f"{step} failed: {fault}", step
+                return _Stop(step, f"{step} failed: {fault}", step)
             except Exception as error:  # noqa: BLE001 - any failure of a step must still compensate
-                log.exception("order %s: %s failed unexpectedly", order.id, step)
-                return step, f"{step} failed: {type(error).__name__}: {error}", step
+                log.exception("order %s: %s failed unexpectedly", order.id, step, extra={"order_id": order.id})
+                return _Stop(step, f"{step} failed: {type(error).__name__}: {error}", step)
         return None
 
     async def _compensate(self, order: Order, invoke: Invoke, in_doubt: Step | None) -> None:
@@ -179,7 +200,8 @@ class OrderSaga:
 
         A compensation that fails is flagged for manual intervention and the others still run.
         """
-        done = [*order.saga.completed_steps, *([in_doubt] if in_doubt else [])]
+        done = [*order.saga.completed_steps, *([in_doubt] if in_doubt and in_doubt not in order.saga.completed_steps
+                                               else [])]
         for step in reversed(done):
             compensation = COMPENSATION_OF.get(step)
             if compensation is None or compensation in order.saga.compensated_steps:
@@ -187,11 +209,22 @@ class OrderSaga:
             try:
                 await invoke(compensation, order.id, self._timeout)
             except Exception as error:  # noqa: BLE001 - the remaining compensations must still run
-                message = f"{type(error).__name__}: {error}"
-                log.error("order %s: %s failed, %s: %s", order.id, compensation, MANUAL_INTERVENTION, message)
-                COMPENSATION_FAILURES.labels(str(compensation)).inc()
-                await self._orders.update(
-                    order.id, lambda o, step=compensation, error=message: o.record_compensation_failure(step, error))
+                await self._flag_for_manual_intervention(order.id, compensation, f"{type(error).__name__}: {error}")
+
+    async def _flag_for_manual_intervention(self, order_id: str, compensation: Compensation, error: str) -> None:
+        log.error("order %s: %s failed, %s: %s", order_id, compensation, MANUAL_INTERVENTION, error,
+                  extra={"order_id": order_id, "compensation": str(compensation)})
+        COMPENSATION_FAILURES.labels(str(compensation)).inc()
+        try:
+            await self._orders.update(order_id, lambda o: o.record_compensation_failure(compensation, error))
+        except Exception:  # noqa: BLE001 - the log line above carries it; the other compensations come first
+            log.exception("could not record the failed compensation", extra={"order_id": order_id})
+
+    @staticmethod
+    def _observed(result: OrderResult, started: float) -> OrderResult:
+        SAGA_OUTCOMES.labels(str(result.status)).inc()
+        SAGA_DURATION.labels(str(result.status)).observe(time.monotonic() - started)
+        return result
 
     async def _finish(self, order_id: str, change: Callable[[Order], None]) -> OrderResult:
         try:

@@ -74,7 +74,7 @@ def test_steps_advance_the_status_and_a_terminal_order_cannot_change(seed_order)
 def test_a_cancelled_saga_ends_cancelled_not_failed(seed_order):
     order = place(seed_order)
     order.request_cancellation()
-    order.start_compensating(str(Step.RESERVE_INVENTORY), "cancelled on request")
+    order.start_compensating(None, "cancelled on request")
     order.finish_unsuccessfully()
     assert order.status is OrderStatus.CANCELLED
     assert order.failure_reason == "cancelled on request"

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 
 from fulfillment.bootstrap import bootstrap
-from fulfillment.domain import Compensation, OrderStatus, Step, TransientFault
+from fulfillment.domain import Compensation, OrderStatus, Step, StoreUnavailable, TransientFault
 
 
 @pytest.fixture
@@ -236,3 +237,103 @@ async def test_cancelling_mid_saga_compensates_what_was_done(services, seed_orde
     assert result.status is OrderStatus.CANCELLED
     assert stored.saga.compensated_steps == [Compensation.REFUND_PAYMENT, Compensation.COMPENSATE_INVENTORY]
     assert "cancelled on request before CreateShipment" in stored.failure_reason
+
+
+async def test_a_saga_resumed_while_compensating_only_finishes_the_compensation(services, seed_order):
+    order = await place(services, seed_order)
+    await services.saga_actions.run(Step.RESERVE_INVENTORY, order.id)
+    await services.saga_actions.run(Step.PROCESS_PAYMENT, order.id)
+    await services.orders.update(order.id, lambda o: o.begin_saga())
+    await services.orders.update(order.id, lambda o: o.start_compensating("CreateShipment", "carrier down"))
+    result = await services.saga.run(order.id)  # the worker died here before; this is the re-run
+    stored = await services.orders.get(order.id)
+    assert result.status is OrderStatus.FAILED and stored.failure_reason == "carrier down"
+    assert stored.saga.compensated_steps == [Compensation.REFUND_PAYMENT, Compensation.COMPENSATE_INVENTORY]
+    assert stored.saga.tracking_id is None
+    assert [kind for kind, _ in await services.payments.ledger(order.id)] == ["charge", "refund"]
+
+
+async def test_a_first_step_that_gave_up_on_transient_faults_records_no_compensation(settings):
+    class DownInventory:
+        async def reserve(self, *args):
+            raise TransientFault("inventory API answered 503")
+
+        async def release(self, order_id):
+            return False  # nothing was reserved
+
+    services = bootstrap(settings, inventory=DownInventory())
+    try:
+        order = await place(services, {"customerId": "c1", "items": [item()]})
+        result = await services.saga.run(order.id)
+        stored = await services.orders.get(order.id)
+    finally:
+        await services.aclose()
+    assert result.status is OrderStatus.FAILED and "gave up" in result.failure_reason
+    assert stored.saga.compensated_steps == []
+
+
+async def test_a_cancellation_during_compensation_of_a_real_failure_still_ends_failed(services):
+    order = await place(services, {"customerId": "c1", "items": [item("hazmat-9")]})
+
+    async def cancel_while_compensating(action, order_id, budget):
+        if isinstance(action, Compensation):
+            await services.orders.update(order_id, lambda o: o.request_cancellation())
+        return await services.saga.direct(action, order_id, budget)
+
+    result = await services.saga.run(order.id, invoke=cancel_while_compensating)
+    assert result.status is OrderStatus.FAILED and "ShipmentRejected" in result.failure_reason
+
+
+async def test_the_time_limit_counts_from_the_first_start_not_from_a_re_run(settings, seed_order):
+    services = bootstrap(settings.model_copy(update={"saga_timeout_minutes": 1}))
+    try:
+        order = await place(services, seed_order)
+        long_ago = datetime.now(UTC) - timedelta(minutes=2)
+        await services.orders.update(order.id, lambda o: o.begin_saga(now=long_ago))
+        result = await services.saga.run(order.id)
+    finally:
+        await services.aclose()
+    assert result.status is OrderStatus.FAILED
+    assert "timed out after 1 minutes during ReserveInventory" in result.failure_reason
+
+
+class ShippingThatTimesOut:
+    async def create_shipment(self, *args):
+        raise TimeoutError("carrier API read timeout")
+
+
+async def test_a_steps_own_timeout_is_not_reported_as_the_saga_timing_out(settings):
+    services = bootstrap(settings, shipping=ShippingThatTimesOut())
+    try:
+        order = await place(services, {"customerId": "c1", "items": [item()]})
+        result = await services.saga.run(order.id)
+    finally:
+        await services.aclose()
+    assert result.failure_reason == "CreateShipment failed: TimeoutError: carrier API read timeout"
+
+
+async def test_compensations_go_on_when_recording_a_failed_one_fails_too(settings, caplog):
+    probe = bootstrap(settings)
+
+    class StoreFailingOnFailureRecords(type(probe.orders)):
+        """The real store, down exactly when a compensation failure is to be recorded."""
+
+        async def update(self, order_id, change):
+            preview = await self.get(order_id)
+            change(preview)
+            if preview.saga.compensation_failures:
+                raise StoreUnavailable("store went away")
+            return await super().update(order_id, change)
+
+    orders = StoreFailingOnFailureRecords(settings.data_dir / "orders.db")
+    services = bootstrap(settings, orders=orders, payments=BrokenRefunds(probe.payments))
+    try:
+        order = await place(services, {"customerId": "c1", "items": [item("hazmat-2")]})
+        result = await services.saga.run(order.id)
+        stored = await services.orders.get(order.id)
+    finally:
+        await services.aclose()
+        await probe.aclose()
+    assert result.status is OrderStatus.FAILED
+    assert stored.saga.compensated_steps == [Compensation.COMPENSATE_INVENTORY]
+    assert any("manual intervention required" in r.getMessage() for r in caplog.records)
