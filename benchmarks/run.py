@@ -174,6 +174,8 @@ def wait_terminal(database: Path, order_ids: list[str], timeout: float) -> dict[
 def saga_numbers(accepted: list[tuple[str, float]], documents: dict[str, dict]) -> dict:
     ids = [order_id for order_id, _ in accepted]
     finished = [documents[i] for i in ids if i in documents]
+    if not finished:
+        raise SystemExit(f"none of {len(ids)} orders finished: the stack is not running sagas")
     e2e = [(datetime.fromisoformat(d["completedAt"]) - datetime.fromisoformat(d["createdAt"])).total_seconds()
            for d in finished]
     first = min(datetime.fromisoformat(d["createdAt"]) for d in finished)
@@ -226,7 +228,8 @@ def product_leg(stack: Stack) -> dict:
     burst, burst_numbers = burst_leg(stack, BURST, database)
     ids = [i for i, _ in steady + burst]
     runs = flow_runs_per_order(stack.prefect_api, ids)
-    lost = sum(1 for i in ids if runs[i] != 1) + (len(ids) - steady_numbers["terminal"] - burst_numbers["terminal"])
+    unfinished = set(ids) - set(wait_terminal(database, ids, 0))
+    lost = len(unfinished | {i for i in ids if runs[i] != 1})
     return {"steady": steady_numbers, "burst": burst_numbers, "lost": lost,
             "doubled": sum(1 for n in runs.values() if n > 1)}
 
@@ -244,15 +247,18 @@ def default_prefect_leg(stack: Stack, work: Path) -> dict:
     env = {**stack.env, "OrderProcessing__DataDir": str(work / "default"), "PREFECT_LOGGING_LEVEL": "WARNING"}
     server = subprocess.Popen([PYTHON, "-c", DEFAULT_SERVE], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
+    saved = dict(os.environ)
     try:
-        return asyncio.run(_default_leg(env, work / "default"))
+        os.environ.update({k: v for k, v in env.items() if k.startswith(("PREFECT_", "OrderProcessing__"))})
+        return asyncio.run(_default_leg(work / "default"))
     finally:
+        os.environ.clear()
+        os.environ.update(saved)  # the later legs start from the same environment as the earlier ones
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(60)
 
 
-async def _default_leg(env: dict[str, str], data_dir: Path) -> dict:
-    os.environ.update({k: v for k, v in env.items() if k.startswith(("PREFECT_", "OrderProcessing__"))})
+async def _default_leg(data_dir: Path) -> dict:
     from prefect.deployments import run_deployment
 
     from fulfillment.bootstrap import bootstrap

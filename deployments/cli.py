@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from fulfillment.settings import Settings
+from fulfillment.settings import Settings, load_dotenv_file
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> None:
                                              "orders queue, one message each, using the configured connection.")
     submit.add_argument("file", help="a file of orders, or - for standard input")
     arguments = parser.parse_args(argv)
+    load_dotenv_file()
     if arguments.command == "up":
         from deployments.stack import Stack
 

@@ -26,8 +26,16 @@ class Job:
     trace_parent: str | None = None  # continues the entry point's trace in the flow run
 
 
+class JobNotFinished(Exception):
+    """The job's flow run ended without finishing the job: it is released and tried again later."""
+
+
 class JobSource(Protocol):
     async def claim(self, worker_id: str, limit: int, lease: timedelta) -> list[Job]: ...
+
+    async def needs_run(self, job: Job) -> bool:
+        """False when an earlier run already did the work and only `done` is left (e.g. an announcement)."""
+        ...
 
     async def renew(self, worker_id: str, keys: Sequence[str], lease: timedelta) -> None: ...
 
@@ -35,7 +43,9 @@ class JobSource(Protocol):
 
     async def started(self, job: Job, flow_run_id: str) -> None: ...
 
-    async def done(self, key: str) -> None: ...
+    async def done(self, key: str, flow_run_completed: bool) -> None:
+        """Lets go of a job whose flow run has ended; raises `JobNotFinished` if it must run again."""
+        ...
 
 
 class SagaJobs:
@@ -56,6 +66,9 @@ class SagaJobs:
                     tags=(order.customer_id,) if order else (), trace_parent=order.trace_parent if order else None)
                 for entry, order in zip(entries, orders, strict=True)]
 
+    async def needs_run(self, job: Job) -> bool:
+        return not (await self._orders.get(job.key)).status.is_terminal
+
     async def renew(self, worker_id: str, keys: Sequence[str], lease: timedelta) -> None:
         await self._outbox.renew(worker_id, keys, lease=lease)
 
@@ -65,8 +78,11 @@ class SagaJobs:
     async def started(self, job: Job, flow_run_id: str) -> None:
         await self._orders.update(job.key, lambda order: order.attach_flow_run(flow_run_id))
 
-    async def done(self, key: str) -> None:
+    async def done(self, key: str, flow_run_completed: bool) -> None:
+        """The order's status, not the flow run's, says whether the saga is over (a failed saga's run fails)."""
         order = await self._orders.get(key)
+        if not order.status.is_terminal:
+            raise JobNotFinished(f"the saga of order {key} stopped at {order.status}")
         if order.status is OrderStatus.FAILED:
             await self._failures.order_failed(order)
         await self._outbox.done(key)
@@ -84,6 +100,9 @@ class InventoryEventJobs:
                     tags=(event.event_type,), trace_parent=event.trace_parent)
                 for event, attempts in await self._inbox.claim(worker_id, limit=limit, lease=lease)]
 
+    async def needs_run(self, job: Job) -> bool:
+        return True
+
     async def renew(self, worker_id: str, keys: Sequence[str], lease: timedelta) -> None:
         await self._inbox.renew(worker_id, keys, lease=lease)
 
@@ -93,5 +112,7 @@ class InventoryEventJobs:
     async def started(self, job: Job, flow_run_id: str) -> None:
         pass
 
-    async def done(self, key: str) -> None:
+    async def done(self, key: str, flow_run_completed: bool) -> None:
+        if not flow_run_completed:
+            raise JobNotFinished(f"inventory event {key} was not applied")
         await self._inbox.done(key)

@@ -18,7 +18,7 @@ from fulfillment.adapters.servicebus import (
 )
 from fulfillment.bootstrap import bootstrap
 from fulfillment.logs import configure_logging
-from fulfillment.settings import Settings
+from fulfillment.settings import Settings, load_dotenv_file
 
 
 async def serve(settings: Settings, connect: ClientFactory) -> None:
@@ -45,6 +45,7 @@ def client_factory_or_exit(settings: Settings, program: str) -> ClientFactory:
 
 
 def main() -> None:
+    load_dotenv_file()
     configure_logging()
     settings = Settings()
     asyncio.run(serve(settings, client_factory_or_exit(settings, "servicebus listener")))

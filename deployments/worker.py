@@ -1,8 +1,8 @@
 """The worker: turns the store's durable queues into Prefect flow runs and executes them in this process.
 
 For each job (an order in the saga outbox, an inventory event in the inbox) it creates, or finds by
-idempotency key, the job's flow run of the deployment declared in `prefect.yaml`, claims that run in Prefect
-by moving it to Pending, and executes it here with `run_flow_async`: no subprocess per flow run, which would
+idempotency key, the job's flow run of the deployment declared in `prefect.yaml` (taking over a run that a
+dead worker left behind) and executes it here with `run_flow_async`: no subprocess per flow run, which would
 cost about a second of CPU each on 2 cores. Several jobs run at once (option `WorkerConcurrency`). Leases are
 renewed while a job runs; if this process dies they run out and the jobs are claimed again, and the
 idempotent steps make the re-run safe. Run with `python -m deployments.worker`.
@@ -37,6 +37,7 @@ from deployments.registration import register_deployments, result_storage_block
 from flows import runtime
 from fulfillment.bootstrap import Container, bootstrap
 from fulfillment.logs import configure_logging
+from fulfillment.settings import load_dotenv_file
 from fulfillment.telemetry import PREFECT_TRACEPARENT_LABEL, configure_tracing, shutdown_tracing
 
 log = logging.getLogger("fulfillment.worker")
@@ -66,6 +67,8 @@ class Worker:
             for source in self._sources:
                 free = self._concurrency - len(self._in_flight)
                 for job in await self._claim(source, free) if free > 0 else []:
+                    if (source, job.key) in self._in_flight:  # its lease ran out while it runs here
+                        continue
                     self._in_flight[source, job.key] = asyncio.create_task(self._execute(source, job))
                     started += 1
             if started == 0 or len(self._in_flight) >= self._concurrency:
@@ -83,12 +86,16 @@ class Worker:
     async def _execute(self, source: JobSource, job: Job) -> None:
         deployment_id, flow = self._deployments[job.deployment]
         try:
-            flow_run = await self._claimed_flow_run(deployment_id, job)
-            await source.started(job, str(flow_run.id))
-            state = await run_flow_async(flow, flow_run=flow_run, parameters=job.parameters, return_type="state")
-            await source.done(job.key)
-            log.info("flow run finished", extra={"job": job.key, "flow_run": job.run_name,
-                                                 "flow_run_id": str(flow_run.id), "state": state.name})
+            completed = True
+            if await source.needs_run(job):
+                flow_run = await self._claimed_flow_run(deployment_id, job)
+                await source.started(job, str(flow_run.id))
+                state = await run_flow_async(flow, flow_run=flow_run, parameters=job.parameters,
+                                             return_type="state")
+                completed = state.is_completed()
+                log.info("flow run finished", extra={"job": job.key, "flow_run": job.run_name,
+                                                     "flow_run_id": str(flow_run.id), "state": state.name})
+            await source.done(job.key, completed)
         except Exception as error:  # noqa: BLE001 - whatever went wrong, the job is retried later
             delay = min(timedelta(seconds=2 ** job.attempts), MAX_RETRY_DELAY)
             log.exception("flow run could not run; retrying", extra={
@@ -188,6 +195,7 @@ def _sources(container: Container) -> list[JobSource]:
 
 
 def main() -> None:
+    load_dotenv_file()
     configure_logging()
     configure_tracing("order-saga-worker")
     try:

@@ -52,8 +52,15 @@ class Container:
     _closers: list
 
     async def aclose(self) -> None:
+        """Closes every adapter, even when one fails to close; the first failure is raised afterwards."""
+        errors = []
         for close in self._closers:
-            await close()
+            try:
+                await close()
+            except Exception as error:  # noqa: BLE001 - the others must still close
+                errors.append(error)
+        if errors:
+            raise errors[0]
 
 
 def bootstrap(settings: Settings | None = None, **overrides) -> Container:
@@ -120,7 +127,10 @@ def _order_store(settings: Settings) -> OrderRepository:
 
 def _failure_announcer(settings: Settings) -> FailureAnnouncer:
     """The `order-failures` queue when Service Bus is configured, else a log line."""
-    from fulfillment.adapters.servicebus import ServiceBusFailureAnnouncer, client_factory
+    name = settings.service_bus_connection_name
+    if not (os.environ.get(name) or os.environ.get(f"{name}__fullyQualifiedNamespace")):
+        return LogFailureAnnouncer()
+    from fulfillment.adapters.servicebus import ServiceBusFailureAnnouncer, client_factory  # the SDK when used
 
     connect = client_factory(settings, os.environ)
     return ServiceBusFailureAnnouncer(connect, settings.order_failures_queue) if connect else LogFailureAnnouncer()

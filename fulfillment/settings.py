@@ -9,12 +9,19 @@ from __future__ import annotations
 from decimal import Decimal
 from pathlib import Path
 
+from dotenv import load_dotenv
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def _option(default, name: str, **constraints):
     return Field(default, validation_alias=name, **constraints)
+
+
+def load_dotenv_file(path: Path = Path(".env")) -> None:
+    """Puts the variables of an optional `.env` into the environment (set variables win), so that options
+    read by name at run time (`ServiceBusConnection`, `OTEL_*`, `LOG_LEVEL`, `PREFECT_*`) see it too."""
+    load_dotenv(path, override=False)
 
 
 class Settings(BaseSettings):

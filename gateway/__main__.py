@@ -3,12 +3,13 @@
 import uvicorn
 
 from fulfillment.logs import configure_logging
-from fulfillment.settings import Settings
+from fulfillment.settings import Settings, load_dotenv_file
 from fulfillment.telemetry import configure_tracing, shutdown_tracing
 from gateway.app import create_app
 
 
 def main() -> None:
+    load_dotenv_file()
     configure_logging()
     configure_tracing("order-saga-gateway")
     settings = Settings()

@@ -25,6 +25,14 @@ class GraphQLApp(GraphQL):
         return Context(container=request.state.container)
 
 
+def embedded_services(settings: Settings, container) -> list[Mount]:
+    """The embedded inventory, payments and shipping over HTTP (docs/downstream-http.md), for demos and for
+    trying an HTTP client against them; not served once real services are configured."""
+    if settings.inventory_base_url or settings.payment_base_url or settings.shipping_base_url:
+        return []
+    return [Mount("/services", routes=downstream_routes(*container.embedded_services))]
+
+
 def create_app(settings: Settings | None = None, **overrides) -> Starlette:
     """`overrides` replace single adapters (see `bootstrap`); the services are closed when the app stops."""
     container = bootstrap(settings or Settings(), **overrides)
@@ -47,7 +55,7 @@ def create_app(settings: Settings | None = None, **overrides) -> Starlette:
             *observability.routes,
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
-            Mount("/services", routes=downstream_routes(*container.embedded_services)),
+            *embedded_services(settings, container),
         ],
         middleware=[Middleware(observability.TracingMiddleware)] if tracing_configured() else [],
         exception_handlers=exception_handlers,

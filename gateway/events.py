@@ -46,7 +46,7 @@ async def abuse_protection_handshake(request: Request) -> Response:
 
 async def receive_events(request: Request) -> Response:
     authenticate(request)
-    payload = await read_json(request)
+    payload = await read_json(request, wrong_media_type_status=400)  # Event Grid retries a 415, not a 400
     raw_events = payload if isinstance(payload, list) else [payload]
     if validation := _validation_code(raw_events):
         return JSONResponse({"validationResponse": validation})

@@ -41,12 +41,12 @@ async def orders_by_customer(request: Request) -> Response:
     return JSONResponse([order_json(order) for order in page.orders], headers=headers)
 
 
-async def read_json(request: Request) -> Any:
+async def read_json(request: Request, *, wrong_media_type_status: int = 415) -> Any:
     """The request body decoded as JSON, or the 413 / 415 / 400 that explains why not."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type not in JSON_TYPES:
-        raise ApiError(415, "unsupported_media_type", f"send JSON with Content-Type: application/json, "
-                                                      f"not {media_type or 'no content type'}")
+        raise ApiError(wrong_media_type_status, "unsupported_media_type",
+                       f"send JSON with Content-Type: application/json, not {media_type or 'no content type'}")
     limit = services(request).settings.max_body_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
@@ -100,7 +100,7 @@ def json_amount(amount: Decimal) -> int | float:
 def _positive_int(raw: str | None, name: str) -> int | None:
     if raw is None:
         return None
-    if not raw.isdigit() or int(raw) < 1:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
         raise InvalidRequest([FieldError(name, f"must be a whole number of 1 or more, got {raw!r}")])
     return int(raw)
 

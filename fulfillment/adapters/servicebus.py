@@ -27,11 +27,13 @@ from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage, parse
 from azure.servicebus.aio import AutoLockRenewer, ServiceBusClient, ServiceBusReceiver, ServiceBusSender
 from azure.servicebus.amqp import AmqpMessageBodyType
 from azure.servicebus.exceptions import MessageSizeExceededError, ServiceBusError
+from opentelemetry.trace import SpanKind
 
 from fulfillment.domain import InvalidOrder, InvalidRequest, Order, StoreUnavailable, TransientFault
 from fulfillment.service import OrderService
 from fulfillment.service.requests import decode_json
 from fulfillment.settings import Settings
+from fulfillment.telemetry import DEAD_LETTERS, context_from_traceparent, tracer
 
 log = logging.getLogger("fulfillment.servicebus")
 
@@ -188,13 +190,16 @@ class ServiceBusOrderListener:
         context = {"message_id": message.message_id, "delivery_count": message.delivery_count,
                    "sequence_number": message.sequence_number}
         try:
-            order = await self._orders.place(_order_payload(message), source="servicebus",
-                                             idempotency_key=message.message_id)
+            with tracer.start_as_current_span("servicebus message", kind=SpanKind.CONSUMER, context=_sender_trace(message),
+                                              attributes={"messaging.message.id": str(message.message_id)}):
+                order = await self._orders.place(_order_payload(message), source="servicebus",
+                                                 idempotency_key=_idempotency_key(message))
         except Exception as error:  # every failure settles the message one way or another
             verdict = dead_letter_for(error)
             if verdict is None:
                 await self._abandon_later(receiver, message, error, stop, context)
             else:
+                DEAD_LETTERS.labels(verdict.reason).inc()
                 await self._settle(receiver.dead_letter_message(message, reason=verdict.reason,
                                                                 error_description=_shorten(verdict.description)),
                                    context, outcome="dead-lettered", reason=verdict.reason,
@@ -246,8 +251,9 @@ class ServiceBusOrderListener:
 class ServiceBusFailureAnnouncer:
     """`FailureAnnouncer` on the `order-failures` queue: one JSON message per failed order.
 
-    The message id is the order id, so the queue's duplicate detection drops a repeated announcement. The
-    sender opens on first use and is reused.
+    Announcements are at least once (the worker retries a job whose announcement failed); the message id is
+    the order id, so a queue with duplicate detection turned on drops a repeat. The sender opens on first use
+    and is reused.
     """
 
     def __init__(self, connect: ClientFactory, queue_name: str):
@@ -332,3 +338,14 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
 
+
+def _idempotency_key(message: ServiceBusReceivedMessage) -> str | None:
+    """The message id, so a redelivery yields the same order; namespaced apart from other entry points' keys."""
+    return f"servicebus:{message.message_id}" if message.message_id else None
+
+
+def _sender_trace(message: ServiceBusReceivedMessage):
+    """The sender's trace, when it put a W3C `traceparent` (or Diagnostic-Id) in the application properties."""
+    properties = {(k.decode() if isinstance(k, bytes) else k): v for k, v in (message.application_properties or {}).items()}
+    traceparent = properties.get("traceparent") or properties.get("Diagnostic-Id")
+    return context_from_traceparent(traceparent.decode() if isinstance(traceparent, bytes) else traceparent)

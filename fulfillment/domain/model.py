@@ -11,6 +11,8 @@ from enum import StrEnum
 from fulfillment.domain.errors import FieldError, InvalidOrder, InvalidTransition
 
 MAX_ITEMS = 100
+MAX_QUANTITY = 100_000
+MAX_UNIT_PRICE = Decimal("1000000.00")  # with MAX_QUANTITY and MAX_ITEMS, every total stays exact as a JSON number
 CENT = Decimal("0.01")
 
 
@@ -237,10 +239,10 @@ def _item_errors(path: str, item: OrderItem) -> list[FieldError]:
         errors.append(FieldError(f"{path}.productId", "must not be empty"))
     if not item.product_name.strip():
         errors.append(FieldError(f"{path}.productName", "must not be empty"))
-    if item.quantity < 1:
-        errors.append(FieldError(f"{path}.quantity", f"must be at least 1, got {item.quantity}"))
-    if not item.unit_price.is_finite() or item.unit_price < 0:
-        errors.append(FieldError(f"{path}.unitPrice", f"must be zero or more, got {item.unit_price}"))
+    if not 1 <= item.quantity <= MAX_QUANTITY:
+        errors.append(FieldError(f"{path}.quantity", f"must be between 1 and {MAX_QUANTITY}, got {item.quantity}"))
+    if not item.unit_price.is_finite() or not 0 <= item.unit_price <= MAX_UNIT_PRICE:
+        errors.append(FieldError(f"{path}.unitPrice", f"must be between 0 and {MAX_UNIT_PRICE}, got {item.unit_price}"))
     elif item.unit_price != item.unit_price.quantize(CENT):
         errors.append(FieldError(f"{path}.unitPrice", f"must have at most 2 decimals, got {item.unit_price}"))
     return errors

@@ -14,7 +14,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError
 
-from fulfillment.domain import FieldError, InvalidRequest, Order, OrderItem
+from fulfillment.domain import FieldError, InvalidOrder, InvalidRequest, Order, OrderItem
 
 
 def _exact_number(value: Any) -> Decimal:
@@ -47,7 +47,14 @@ def decode_json(body: bytes | str) -> Any:
 
 
 def parse_create_order(payload: Any) -> CreateOrderRequest:
-    return parse(CreateOrderRequest, payload)
+    """A request that lacks required fields but is otherwise well-formed breaks the rules (`InvalidOrder`), as
+    the original design has it; wrong types or a non-object are no request at all (`InvalidRequest`)."""
+    try:
+        return parse(CreateOrderRequest, payload)
+    except InvalidRequest as error:
+        if isinstance(payload, dict) and all(e.message == "is required" for e in error.errors):
+            raise InvalidOrder(error.errors) from None
+        raise
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -201,6 +201,9 @@ VALIDATION_CASES = {
     "price with 3 decimals": (with_item(1, unitPrice=9.999), "items[1].unitPrice"),
     "empty productId": (with_item(0, productId=""), "items[0].productId"),
     "empty productName": (with_item(1, productName=""), "items[1].productName"),
+    "missing customerId": ({"items": SEED_REQUEST["items"]}, "customerId"),
+    "quantity above the maximum": (with_item(0, quantity=100_001), "items[0].quantity"),
+    "price above the maximum": (with_item(0, unitPrice=1e30), "items[0].unitPrice"),
 }
 
 
@@ -234,7 +237,6 @@ SHAPE_CASES = {
     "quantity as a fraction": (with_item(0, quantity=1.5), "items[0].quantity"),
     "price as a string": (with_item(0, unitPrice="49.99"), "items[0].unitPrice"),
     "price as a boolean": (with_item(0, unitPrice=True), "items[0].unitPrice"),
-    "missing customerId": ({"items": SEED_REQUEST["items"]}, "customerId"),
     "items not a list": (seed_request(items={"productId": "p"}), "items"),
     "body is an array": ([SEED_REQUEST], "body"),
     "body is a string": ("an order", "body"),

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from azure.servicebus import ServiceBusMessage
+from prometheus_client import REGISTRY
 
 from deployments.cli import main as order_saga
 from deployments.cli import read_orders
@@ -166,20 +167,30 @@ async def test_messages_that_cannot_become_orders_are_dead_lettered_with_an_acti
         "breaks-rules": a_message(an_order("cust-rules", quantity=0), message_id="breaks-rules"),
         "unexpected": a_message(an_order("cust-boom"), message_id="unexpected"),
     }
+    counted_before = {reason: dead_letters_counted(reason) for reason in DEAD_LETTER_REASONS}
     async with listening(container, empty_servicebus):
         await orders_sender.send_messages(list(messages.values()))
         dead = {m.message_id: m for m in await receive(dead_letters, 4)}
 
+    assert {reason: dead_letters_counted(reason) - counted_before[reason] for reason in DEAD_LETTER_REASONS} == \
+        dict.fromkeys(DEAD_LETTER_REASONS, 1)
     expected = {
         "not-json": ("InvalidJson", "not valid JSON"),
         "wrong-shape": ("DeserializationFailed", "customerId: must be a valid string"),
-        "breaks-rules": ("ValidationFailed", "items[0].quantity: must be at least 1, got 0"),
+        "breaks-rules": ("ValidationFailed", "items[0].quantity: must be between 1 and 100000, got 0"),
         "unexpected": ("ProcessingFailed", "RuntimeError: disk on fire"),
     }
     assert {key: m.dead_letter_reason for key, m in dead.items()} == {k: v[0] for k, v in expected.items()}
     for key, (_, hint) in expected.items():
         assert hint in str(dead[key].dead_letter_error_description), dead[key].dead_letter_error_description
     assert await container.outbox.pending_count() == 0
+
+
+DEAD_LETTER_REASONS = ("InvalidJson", "DeserializationFailed", "ValidationFailed", "ProcessingFailed")
+
+
+def dead_letters_counted(reason: str) -> float:
+    return REGISTRY.get_sample_value("order_saga_dead_letters_total", {"reason": reason}) or 0.0
 
 
 @on_module_loop
