@@ -15,16 +15,16 @@ from dataclasses import asdict
 from decimal import Decimal
 from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from fulfillment.domain import FieldError, InvalidRequest, OrderItem, StepRefused, StoreUnavailable, TransientFault
+from fulfillment.domain.model import CENT, MAX_ITEMS
 from fulfillment.ports import Inventory, Payments, Shipping
+from fulfillment.service.requests import decode_json, parse
 
-MAX_ITEMS = 100
-CENT = Decimal("0.01")
 PLAIN_DECIMAL = re.compile(r"\d{1,15}(\.\d{1,15})?")
 Body = TypeVar("Body", bound=BaseModel)
 Handler = Callable[[Request], Awaitable[dict[str, Any]]]
@@ -164,19 +164,7 @@ def _mapping_errors(handler: Handler) -> Callable[[Request], Awaitable[Response]
 
 async def _parse(request: Request, model: type[Body]) -> Body:
     try:
-        return model.model_validate_json(await request.body())
-    except ValidationError as error:
-        raise InvalidRequest([FieldError(_field(e["loc"]), _reason(e)) for e in error.errors()]) from None
-
-
-def _field(location: tuple[int | str, ...]) -> str:
-    path = ""
-    for part in location:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path or "body"
-
-
-def _reason(error: Any) -> str:
-    if error["type"] == "missing":
-        return "is required"
-    return error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+        payload = decode_json(await request.body())
+    except ValueError as error:
+        raise InvalidRequest([FieldError("body", f"is not valid JSON: {error}")]) from None
+    return parse(model, payload)
