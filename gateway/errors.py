@@ -28,7 +28,7 @@ class ApiError(Exception):
 
 
 def services(request: Request) -> Container:
-    return request.state.container
+    return request.scope["state"]["container"]  # the lifespan's state, without building a State per request
 
 
 def _body(code: str, message: str, **more) -> dict:

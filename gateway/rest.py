@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from decimal import Decimal
@@ -62,7 +63,13 @@ async def read_json(request: Request, *, wrong_media_type_status: int = 415) -> 
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
 
 
+UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def parse_order_id(raw: str) -> str:
+    """The id in its canonical form (ids are stored as lower-case UUIDs)."""
+    if UUID_TEXT.fullmatch(raw):
+        return raw
     try:
         return str(uuid.UUID(raw))
     except ValueError:

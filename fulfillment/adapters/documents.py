@@ -52,8 +52,10 @@ def to_document(order: Order) -> dict[str, Any]:
 
 
 def from_document(document: dict[str, Any]) -> Order:
-    order = Order(
-        id=document["id"],
+    order_id = document["id"]
+    saga = document["saga"]
+    return Order(
+        id=order_id,
         customer_id=document["customerId"],
         items=tuple(
             OrderItem(product_id=i["productId"], product_name=i["productName"], quantity=i["quantity"],
@@ -67,19 +69,17 @@ def from_document(document: dict[str, Any]) -> Order:
         cancel_requested=document["cancelRequested"],
         flow_run_id=document["flowRunId"],
         trace_parent=document.get("traceParent"),
+        saga=SagaState(
+            order_id=order_id,
+            started_at=datetime.fromisoformat(saga["startedAt"]) if saga.get("startedAt") else None,
+            completed_steps=[Step(s) for s in saga["completedSteps"]],
+            compensated_steps=[Compensation(c) for c in saga["compensatedSteps"]],
+            reservation_id=saga["reservationId"],
+            transaction_id=saga["transactionId"],
+            tracking_id=saga["trackingId"],
+            failed_step=saga["failedStep"],
+            failure_reason=saga["failureReason"],
+            compensation_failures=[CompensationFailure(step=f["step"], error=f["error"])
+                                   for f in saga["compensationFailures"]],
+        ),
     )
-    saga = document["saga"]
-    order.saga = SagaState(
-        order_id=order.id,
-        started_at=datetime.fromisoformat(saga["startedAt"]) if saga.get("startedAt") else None,
-        completed_steps=[Step(s) for s in saga["completedSteps"]],
-        compensated_steps=[Compensation(c) for c in saga["compensatedSteps"]],
-        reservation_id=saga["reservationId"],
-        transaction_id=saga["transactionId"],
-        tracking_id=saga["trackingId"],
-        failed_step=saga["failedStep"],
-        failure_reason=saga["failureReason"],
-        compensation_failures=[CompensationFailure(step=f["step"], error=f["error"])
-                               for f in saga["compensationFailures"]],
-    )
-    return order

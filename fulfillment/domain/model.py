@@ -120,10 +120,11 @@ class Order:
     cancel_requested: bool = False
     flow_run_id: str | None = None
     trace_parent: str | None = None  # W3C traceparent of the request that placed it, continued by the saga
-    saga: SagaState = field(init=False)
+    saga: SagaState | None = None  # a new order starts with an empty saga state
 
     def __post_init__(self) -> None:
-        self.saga = SagaState(order_id=self.id)
+        if self.saga is None:
+            self.saga = SagaState(order_id=self.id)
 
     @property
     def total_amount(self) -> Decimal:
