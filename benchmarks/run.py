@@ -388,6 +388,8 @@ def main() -> None:
         say("limit leg: the saga as plain asyncio calls")
         limit = limit_leg(work)
         say(f"  {limit}")
+        say("gateway legs (first, while nothing else runs)")
+        gateway = gateway_legs(work)
         say("starting the stack as `make up` does")
         with Stack(work, {}) as stack:
             product = product_leg(stack)
@@ -396,8 +398,6 @@ def main() -> None:
             say(f"  {default}")
             rss = {role: peak_rss_mb(pid) for role, pid in stack.children().items()}
         postgres = postgres_leg(work)
-        say("gateway legs")
-        gateway = gateway_legs(work)
     bare = gateway["bare route"]["requests_per_s"]
     summary = {
         "sagas_per_s": product["burst"]["sagas_per_s"],

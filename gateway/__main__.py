@@ -1,5 +1,7 @@
 """Serves the gateway with uvicorn: `python -m gateway`."""
 
+import gc
+
 import uvicorn
 
 from fulfillment.logs import configure_logging
@@ -13,9 +15,11 @@ def main() -> None:
     configure_logging()
     configure_tracing("order-saga-gateway")
     settings = Settings()
+    app = create_app(settings)
+    gc.freeze()  # what start-up built lives as long as the process: keep it out of every later collection
     try:
-        uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
-                    log_level="warning", access_log=False)
+        uvicorn.run(app, host=settings.gateway_host, port=settings.gateway_port, log_level="warning",
+                    access_log=False)
     finally:
         shutdown_tracing()
 
