@@ -75,7 +75,7 @@ class Stack:
         self._start("prefect server", [sys.executable, "-m", "deployments.prefect_server",
                                        "--host", api.hostname or "127.0.0.1", "--port", str(api.port or 4200)])
         self._wait_ready("prefect server", f"{settings.prefect_api_url.rstrip('/')}/health")
-        self._start("saga worker", [sys.executable, "-m", "deployments.worker"])
+        self._start("worker", [sys.executable, "-m", "deployments.worker"])
         if client_factory(settings, os.environ) is not None:
             self._start("servicebus listener", [sys.executable, "-m", "deployments.servicebus_listener"])
         self._start("gateway", [sys.executable, "-m", "gateway"])

@@ -14,10 +14,23 @@ from fulfillment.domain import Compensation, OrderStatus, Step, StoreUnavailable
 
 
 @pytest.fixture
-async def services(settings):
-    container = bootstrap(settings)
-    yield container
-    await container.aclose()
+async def assemble(settings):
+    """Builds containers over this test's store, with adapters replaced (`bootstrap` overrides) or other
+    settings, and closes them all when the test ends."""
+    built = []
+
+    def build(with_settings=None, **overrides):
+        built.append(bootstrap(with_settings or settings, **overrides))
+        return built[-1]
+
+    yield build
+    for container in built:
+        await container.aclose()
+
+
+@pytest.fixture
+def services(assemble):
+    return assemble()
 
 
 async def place(services, payload):
@@ -87,17 +100,13 @@ class BrokenRefunds:
         raise RuntimeError("payment provider rejected the refund")
 
 
-async def test_a_failed_compensation_is_flagged_and_the_others_still_run(settings, caplog):
-    probe = bootstrap(settings)
-    services = bootstrap(settings, payments=BrokenRefunds(probe.payments))
-    try:
-        order = await place(services, {"customerId": "c1", "items": [item("hazmat-1")]})
-        with caplog.at_level(logging.WARNING, logger="fulfillment.saga"):
-            result = await services.saga.run(order.id)
-        stored = await services.orders.get(order.id)
-    finally:
-        await services.aclose()
-        await probe.aclose()
+async def test_a_failed_compensation_is_flagged_and_the_others_still_run(assemble, caplog):
+    probe = assemble()
+    services = assemble(payments=BrokenRefunds(probe.payments))
+    order = await place(services, {"customerId": "c1", "items": [item("hazmat-1")]})
+    with caplog.at_level(logging.WARNING, logger="fulfillment.saga"):
+        result = await services.saga.run(order.id)
+    stored = await services.orders.get(order.id)
     assert result.status is OrderStatus.FAILED
     assert stored.saga.compensated_steps == [Compensation.COMPENSATE_INVENTORY]
     (failure,) = stored.saga.compensation_failures
@@ -113,16 +122,13 @@ class SlowShipping:
         return "never"
 
 
-async def test_a_saga_over_its_time_limit_compensates_and_says_it_timed_out(settings):
-    services = bootstrap(settings.model_copy(update={"saga_timeout_minutes": 0.01}), shipping=SlowShipping())
-    try:
-        order = await place(services, {"customerId": "c1", "items": [item()]})
-        result = await services.saga.run(order.id)
-        stored = await services.orders.get(order.id)
-        stock = await services.inventory.available("prod-100")
-        ledger = await services.payments.ledger(order.id)
-    finally:
-        await services.aclose()
+async def test_a_saga_over_its_time_limit_compensates_and_says_it_timed_out(assemble, settings):
+    services = assemble(settings.model_copy(update={"saga_timeout_minutes": 0.01}), shipping=SlowShipping())
+    order = await place(services, {"customerId": "c1", "items": [item()]})
+    result = await services.saga.run(order.id)
+    stored = await services.orders.get(order.id)
+    stock = await services.inventory.available("prod-100")
+    ledger = await services.payments.ledger(order.id)
     assert result.status is OrderStatus.FAILED
     assert "timed out after 0.01 minutes during CreateShipment" in result.failure_reason
     assert stored.saga.compensated_steps == [Compensation.REFUND_PAYMENT, Compensation.COMPENSATE_INVENTORY]
@@ -143,24 +149,20 @@ class FlakyShipping:
 
 
 @pytest.mark.parametrize(("failures", "status"), [(3, OrderStatus.COMPLETED), (4, OrderStatus.FAILED)])
-async def test_transient_faults_are_retried_within_the_step(settings, failures, status):
-    probe = bootstrap(settings)
+async def test_transient_faults_are_retried_within_the_step(assemble, settings, failures, status):
+    probe = assemble()
     flaky = FlakyShipping(probe.shipping, failures)
-    services = bootstrap(settings.model_copy(update={"step_attempts": 4}), shipping=flaky)
-    try:
-        order = await place(services, {"customerId": "c1", "items": [item()]})
-        result = await services.saga.run(order.id)
-    finally:
-        await services.aclose()
-        await probe.aclose()
+    services = assemble(settings.model_copy(update={"step_attempts": 4}), shipping=flaky)
+    order = await place(services, {"customerId": "c1", "items": [item()]})
+    result = await services.saga.run(order.id)
     assert result.status is status
     assert flaky.calls == min(failures + 1, 4)
     if status is OrderStatus.FAILED:
         assert "gave up after 4 attempts" in result.failure_reason
 
 
-async def test_business_refusals_are_not_retried(settings):
-    probe = bootstrap(settings)
+async def test_business_refusals_are_not_retried(assemble):
+    probe = assemble()
     calls = []
 
     class CountingPayments:
@@ -170,13 +172,9 @@ async def test_business_refusals_are_not_retried(settings):
 
         refund = probe.payments.refund
 
-    services = bootstrap(settings, payments=CountingPayments())
-    try:
-        order = await place(services, {"customerId": "c1", "items": [item(price="5000.01")]})
-        await services.saga.run(order.id)
-    finally:
-        await services.aclose()
-        await probe.aclose()
+    services = assemble(payments=CountingPayments())
+    order = await place(services, {"customerId": "c1", "items": [item(price="5000.01")]})
+    await services.saga.run(order.id)
     assert len(calls) == 1
 
 
@@ -253,7 +251,7 @@ async def test_a_saga_resumed_while_compensating_only_finishes_the_compensation(
     assert [kind for kind, _ in await services.payments.ledger(order.id)] == ["charge", "refund"]
 
 
-async def test_a_first_step_that_gave_up_on_transient_faults_records_no_compensation(settings):
+async def test_a_first_step_that_gave_up_on_transient_faults_records_no_compensation(assemble):
     class DownInventory:
         async def reserve(self, *args):
             raise TransientFault("inventory API answered 503")
@@ -261,13 +259,10 @@ async def test_a_first_step_that_gave_up_on_transient_faults_records_no_compensa
         async def release(self, order_id):
             return False  # nothing was reserved
 
-    services = bootstrap(settings, inventory=DownInventory())
-    try:
-        order = await place(services, {"customerId": "c1", "items": [item()]})
-        result = await services.saga.run(order.id)
-        stored = await services.orders.get(order.id)
-    finally:
-        await services.aclose()
+    services = assemble(inventory=DownInventory())
+    order = await place(services, {"customerId": "c1", "items": [item()]})
+    result = await services.saga.run(order.id)
+    stored = await services.orders.get(order.id)
     assert result.status is OrderStatus.FAILED and "gave up" in result.failure_reason
     assert stored.saga.compensated_steps == []
 
@@ -284,15 +279,12 @@ async def test_a_cancellation_during_compensation_of_a_real_failure_still_ends_f
     assert result.status is OrderStatus.FAILED and "ShipmentRejected" in result.failure_reason
 
 
-async def test_the_time_limit_counts_from_the_first_start_not_from_a_re_run(settings, seed_order):
-    services = bootstrap(settings.model_copy(update={"saga_timeout_minutes": 1}))
-    try:
-        order = await place(services, seed_order)
-        long_ago = datetime.now(UTC) - timedelta(minutes=2)
-        await services.orders.update(order.id, lambda o: o.begin_saga(now=long_ago))
-        result = await services.saga.run(order.id)
-    finally:
-        await services.aclose()
+async def test_the_time_limit_counts_from_the_first_start_not_from_a_re_run(assemble, settings, seed_order):
+    services = assemble(settings.model_copy(update={"saga_timeout_minutes": 1}))
+    order = await place(services, seed_order)
+    long_ago = datetime.now(UTC) - timedelta(minutes=2)
+    await services.orders.update(order.id, lambda o: o.begin_saga(now=long_ago))
+    result = await services.saga.run(order.id)
     assert result.status is OrderStatus.FAILED
     assert "timed out after 1 minutes during ReserveInventory" in result.failure_reason
 
@@ -302,18 +294,15 @@ class ShippingThatTimesOut:
         raise TimeoutError("carrier API read timeout")
 
 
-async def test_a_steps_own_timeout_is_not_reported_as_the_saga_timing_out(settings):
-    services = bootstrap(settings, shipping=ShippingThatTimesOut())
-    try:
-        order = await place(services, {"customerId": "c1", "items": [item()]})
-        result = await services.saga.run(order.id)
-    finally:
-        await services.aclose()
+async def test_a_steps_own_timeout_is_not_reported_as_the_saga_timing_out(assemble):
+    services = assemble(shipping=ShippingThatTimesOut())
+    order = await place(services, {"customerId": "c1", "items": [item()]})
+    result = await services.saga.run(order.id)
     assert result.failure_reason == "CreateShipment failed: TimeoutError: carrier API read timeout"
 
 
-async def test_compensations_go_on_when_recording_a_failed_one_fails_too(settings, caplog):
-    probe = bootstrap(settings)
+async def test_compensations_go_on_when_recording_a_failed_one_fails_too(assemble, settings, caplog):
+    probe = assemble()
 
     class StoreFailingOnFailureRecords(type(probe.orders)):
         """The real store, down exactly when a compensation failure is to be recorded."""
@@ -326,14 +315,10 @@ async def test_compensations_go_on_when_recording_a_failed_one_fails_too(setting
             return await super().update(order_id, change)
 
     orders = StoreFailingOnFailureRecords(settings.data_dir / "orders.db")
-    services = bootstrap(settings, orders=orders, payments=BrokenRefunds(probe.payments))
-    try:
-        order = await place(services, {"customerId": "c1", "items": [item("hazmat-2")]})
-        result = await services.saga.run(order.id)
-        stored = await services.orders.get(order.id)
-    finally:
-        await services.aclose()
-        await probe.aclose()
+    services = assemble(orders=orders, payments=BrokenRefunds(probe.payments))
+    order = await place(services, {"customerId": "c1", "items": [item("hazmat-2")]})
+    result = await services.saga.run(order.id)
+    stored = await services.orders.get(order.id)
     assert result.status is OrderStatus.FAILED
     assert stored.saga.compensated_steps == [Compensation.COMPENSATE_INVENTORY]
     assert any("manual intervention required" in r.getMessage() for r in caplog.records)
