@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import asyncio
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 
+from fulfillment.bootstrap import Container, bootstrap
 from fulfillment.settings import Settings
 from tests.cosmos_server.server import CosmosServer, running_cosmos_server
 
@@ -15,6 +17,24 @@ SEED_ORDER = {
         {"productId": "prod-200", "productName": "USB-C Cable", "quantity": 5, "unitPrice": 9.99},
     ],
 }
+
+
+def in_the_stack(settings: Settings, work: Callable[[Container], Awaitable[object]]) -> object:
+    """Runs `await work(container)` on a second container over the same data directory, as another process
+    of the stack (the worker) would, from synchronous test code."""
+
+    async def run() -> object:
+        container = bootstrap(settings)
+        try:
+            return await work(container)
+        finally:
+            await container.aclose()
+
+    return asyncio.run(run())
+
+
+def run_saga(settings: Settings, order_id: str) -> None:
+    in_the_stack(settings, lambda container: container.saga.run(order_id))
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import threading
 import time
@@ -18,8 +17,8 @@ from azure.core.messaging import CloudEvent
 from azure.eventgrid import EventGridEvent, EventGridPublisherClient
 from starlette.testclient import TestClient
 
-from fulfillment.bootstrap import bootstrap
 from gateway.app import create_app
+from tests.conftest import in_the_stack
 
 KEY = "s3cret-webhook-key"
 
@@ -52,14 +51,9 @@ def publisher(gateway):
 
 
 def recorded_events(settings) -> list:
-    async def claim():
-        container = bootstrap(settings)
-        try:
-            return await container.inventory_events.claim("probe", limit=100, lease=timedelta(seconds=1))
-        finally:
-            await container.aclose()
-
-    return [event for event, _ in asyncio.run(claim())]
+    claimed = in_the_stack(settings, lambda container: container.inventory_events.claim(
+        "probe", limit=100, lease=timedelta(seconds=1)))
+    return [event for event, _ in claimed]
 
 
 def stock_updated(event_id=None, product="prod-eg", quantity=7):

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
 
 from fulfillment.adapters.sqlite_orders import SqliteOrderRepository
-from fulfillment.bootstrap import bootstrap
 from fulfillment.domain import Order as DomainOrder
 from fulfillment.settings import Settings
 from gateway.app import create_app
+from tests.conftest import in_the_stack, run_saga
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
@@ -111,23 +110,6 @@ def create_order(client: TestClient, **changes) -> dict:
 
 def get_order(client: TestClient, order_id: str) -> dict | None:
     return data(client, ORDER, id=order_id)["order"]
-
-
-def in_the_stack(settings: Settings, work: Callable[..., object]) -> object:
-    """Runs `await work(container)` on a second stack over the same data directory, as the worker would."""
-
-    async def run() -> object:
-        container = bootstrap(settings)
-        try:
-            return await work(container)
-        finally:
-            await container.aclose()
-
-    return asyncio.run(run())
-
-
-def run_saga(settings: Settings, order_id: str) -> None:
-    in_the_stack(settings, lambda container: container.saga.run(order_id))
 
 
 # --- createOrder -------------------------------------------------------------------------------

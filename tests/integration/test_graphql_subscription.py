@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from starlette.testclient import TestClient
 
-from fulfillment.bootstrap import bootstrap
 from gateway.app import create_app
+from tests.conftest import run_saga
 
 SUBSCRIPTION = "subscription($id: ID!) { orderStatusChanged(id: $id) { status saga { completedSteps } } }"
-
-
-def run_saga(settings, order_id):
-    async def run():
-        container = bootstrap(settings)
-        try:
-            await container.saga.run(order_id)
-        finally:
-            await container.aclose()
-
-    asyncio.run(run())
 
 
 def test_the_subscription_streams_status_changes_until_the_order_is_terminal(settings, seed_order):

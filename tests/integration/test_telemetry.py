@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -12,10 +10,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import REGISTRY
 from starlette.testclient import TestClient
 
-from fulfillment.bootstrap import bootstrap
 from fulfillment.ports import InventoryEvent
 from fulfillment.service.events import low_stock_alert
 from gateway.app import create_app
+from tests.conftest import in_the_stack, run_saga
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
@@ -45,14 +43,8 @@ def test_a_request_span_continues_the_callers_trace_and_the_order_carries_it(spa
     assert format(posted.context.trace_id, "032x") == CALLER_TRACE
     assert posted.attributes["http.response.status_code"] == 202
 
-    async def stored_trace_parent():
-        container = bootstrap(settings)
-        try:
-            return (await container.orders.get(order_id)).trace_parent
-        finally:
-            await container.aclose()
-
-    assert asyncio.run(stored_trace_parent()).split("-")[1] == CALLER_TRACE
+    stored = in_the_stack(settings, lambda container: container.orders.get(order_id))
+    assert stored.trace_parent.split("-")[1] == CALLER_TRACE
 
 
 def test_metrics_count_orders_sagas_compensations_and_steps(settings, seed_order):
@@ -66,14 +58,7 @@ def test_metrics_count_orders_sagas_compensations_and_steps(settings, seed_order
     with TestClient(create_app(settings)) as client:
         order_id = client.post("/api/orders", json=hazmat).json()["id"]
 
-        async def run_saga():
-            container = bootstrap(settings)
-            try:
-                await container.saga.run(order_id)
-            finally:
-                await container.aclose()
-
-        asyncio.run(run_saga())
+        run_saga(settings, order_id)
         exposition = client.get("/metrics").text
     assert sample("order_saga_orders_accepted_total", source="rest") == before["rest"] + 1
     assert sample("order_saga_saga_outcomes_total", status="failed") == before["failed"] + 1
