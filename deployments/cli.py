@@ -15,6 +15,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="order-saga", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("up", help="start the Prefect server, the saga worker and the gateway")
+    commands.add_parser("worker", help="start one more saga executor (a Prefect worker of the order-saga pool) "
+                                       "against the running stack",
+                        description="Runs one more saga executor in the foreground, with the environment "
+                                    "`order-saga up` gives its worker (PREFECT_HOME, PREFECT_API_URL, the metrics "
+                                    "directory, ...), against the same stores and Prefect server. Ctrl-C stops it.")
     submit = commands.add_parser("submit", help="send orders to the Service Bus orders queue",
                                  description="Sends orders (a JSON object, an array of them, or JSON lines) to the "
                                              "orders queue, one message each, using the configured connection.")
@@ -22,9 +27,13 @@ def main(argv: list[str] | None = None) -> None:
     arguments = parser.parse_args(argv)
     load_dotenv_file()
     if arguments.command == "up":
-        from deployments.stack import Stack
+        from deployments.stack import up
 
-        raise SystemExit(Stack(Settings()).run())
+        raise SystemExit(up(Settings()))
+    if arguments.command == "worker":
+        from deployments.stack import run_worker
+
+        run_worker(Settings())
     if arguments.command == "submit":
         submit_orders(arguments.file)
 
