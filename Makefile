@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test bench install clean
+.PHONY: up test chaos bench install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ up: $(STAMP)
 
 test: $(STAMP)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+chaos: $(STAMP)
+	@CHAOS_ORDERS=$${CHAOS_ORDERS:-1000} $(BIN)/python -m pytest tests/e2e/test_chaos.py -s $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

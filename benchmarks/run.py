@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import signal
 import socket
 import sqlite3
@@ -47,6 +48,9 @@ POSTGRES_BURST = 200
 DEFAULT_LEG_ORDERS = 20
 LIMIT_LEG_ORDERS = 300
 GATEWAY_SECONDS, GATEWAY_CONNECTIONS = 8, 16
+API_CALLS_BEFORE = {"POST flow_runs/:id/set_state": 2.0, "POST deployments/:id/create_flow_run": 1.0,
+                    "PATCH flow_runs/:id": 1.0, "GET flow_runs/:id": 1.0}
+API_CALLS_BEFORE_MEASURED = "2026-11-30"
 GRAPHQL_TARGET = 0.30  # of the bare route's requests/s (the benchmarks issue)
 
 
@@ -130,6 +134,14 @@ class Stack:
         self.process.wait(60)
 
 
+API_CALLS = re.compile(r'^order_saga_prefect_api_calls_total\{method="([^"]+)"\} ([0-9.e+]+)$', re.MULTILINE)
+
+
+def prefect_api_calls(gateway: str) -> dict[str, float]:
+    """The executors' Prefect API calls so far, by method and route (from the stack's `/metrics`)."""
+    return {route: float(value) for route, value in API_CALLS.findall(httpx.get(f"{gateway}/metrics").text)}
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -208,13 +220,20 @@ def flow_runs_per_order(prefect_api: str, order_ids: list[str]) -> dict[str, int
 
 
 def burst_leg(stack: Stack, count: int, database: Path | None) -> tuple[list, dict]:
-    """A burst of orders; its numbers include the CPU seconds each process of the stack spent per saga."""
+    """A burst of orders; its numbers include the CPU seconds each process of the stack spent per saga, and the
+    Prefect API calls the executor made per saga."""
     processes = stack.children()
     before = {role: cpu_seconds(pid) for role, pid in processes.items()}
+    calls_before = prefect_api_calls(stack.gateway)
     burst = post_orders(stack.gateway, count, None)
     numbers = saga_numbers(burst, wait_terminal(database or stack.data_dir / "orders.db", [i for i, _ in burst], 240))
     numbers["cpu_s_per_saga"] = {role: round((cpu_seconds(pid) - before[role]) / count, 3)
                                  for role, pid in processes.items()}
+    time.sleep(3)  # the last runs' final calls
+    calls = prefect_api_calls(stack.gateway)
+    numbers["api_calls_per_saga"] = {route: round((total - calls_before.get(route, 0)) / count, 2)
+                                     for route, total in sorted(calls.items(), key=lambda kv: -kv[1])
+                                     if total > calls_before.get(route, 0)}
     say(f"  {numbers}")
     return burst, numbers
 
@@ -410,6 +429,7 @@ def main() -> None:
         "rest_get_ratio": round(gateway["REST GET /api/orders/{id}"]["requests_per_s"] / bare, 2),
         "graphql_ratio": round(gateway["GraphQL order(id)"]["requests_per_s"] / bare, 2),
         "lost": product["lost"],
+        "api_calls_per_saga": round(sum(product["burst"]["api_calls_per_saga"].values()), 2),
     }
     write_report(limit, product, default, postgres, gateway, rss, summary, time.monotonic() - started)
     print(" ".join(f"{key}={value}" for key, value in summary.items()), flush=True)
@@ -448,6 +468,31 @@ events and logs, and an artifact, all recorded by the server: that is the floor.
 | Prefect database | server | worker | gateway | total | ceiling sagas/s | measured sagas/s |
 |---|---|---|---|---|---|---|
 """ + "\n".join(rows)
+
+
+def api_calls_section(calls: dict[str, float]) -> str:
+    rows = "\n".join(f"| `{route}` | {per_saga} |" for route, per_saga in calls.items())
+    before = "\n".join(f"| `{route}` | {per_saga} |" for route, per_saga in API_CALLS_BEFORE.items())
+    return f"""## Prefect API calls per saga
+
+What the executors asked of the Prefect API during the burst, per saga (`order_saga_prefect_api_calls_total`
+in `/metrics`, by method and route; the flow run's and task runs' events go over the events websocket and are
+not counted). Since the executor became a worker of the work pool, a saga also costs its claim (`Pending`)
+and a share of the pool polls, heartbeats and pause checks; the dispatcher creates the run as before.
+
+| route | calls per saga |
+|---|---|
+{rows}
+| **total** | **{sum(calls.values()):.2f}** |
+
+Before (the outbox worker that created and ran each flow run itself; measured once on {API_CALLS_BEFORE_MEASURED}
+with the same counter patched into that version, burst of 150 on this machine):
+
+| route | calls per saga |
+|---|---|
+{before}
+| **total** | **{sum(API_CALLS_BEFORE.values()):.2f}** |
+"""
 
 
 def write_report(limit, product, default, postgres, gateway, rss, summary, seconds) -> None:
@@ -503,6 +548,8 @@ Lost or doubled (not terminal, or not exactly one flow run): **{summary['lost']}
 Prefect: **{summary['speedup']}×**.
 
 {cpu_section(product["burst"], postgres)}
+
+{api_calls_section(product["burst"]["api_calls_per_saga"])}
 
 ## Gateway
 

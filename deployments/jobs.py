@@ -1,118 +1,264 @@
-"""What the worker runs: each durable queue of the store seen as jobs, one Prefect flow run each.
+"""The store's durable queues, kept in step with Prefect: each entry has one flow run, and the run mirrors it.
 
-A job names its deployment, its flow run (name, tags, parameters) and an idempotency key, so a job claimed
-again after a crash gets the same flow run rather than a second one.
+The saga outbox holds an entry for every order that is not terminal; the inventory-event inbox one for every
+event not yet applied. The dispatcher (dispatcher.py) claims due entries and asks their source to `reconcile`
+each with its flow run: create the run (idempotency key = the entry's key, so a crash between the 202 and
+this point still gives exactly one run), wait for an executor to run it, take it over when its executor is
+gone, re-drive it with capped backoff when it ended early, park it after `MaxJobAttempts`, and once the work
+is over let the entry go. Executors call `after_run` when a run ends, so the happy path needs no second look.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from fulfillment.domain import OrderStatus
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.exceptions import Abort
+from prefect.states import AwaitingRetry, Cancelled, Completed, Crashed, Failed, State
+from prefect.utilities.engine import propose_state
+
+from fulfillment.domain import CancellationTooLate, InvalidTransition, Order, OrderNotFound, OrderStatus
 from fulfillment.ports import FailureAnnouncer, InventoryEventInbox, OrderRepository, SagaOutbox
+from fulfillment.service.saga_runs import report
+from fulfillment.telemetry import PARKED_JOBS, PREFECT_TRACEPARENT_LABEL
+
+log = logging.getLogger("fulfillment.dispatcher")
+
+MAX_BACKOFF = timedelta(minutes=5)
+PARKED_FOR = timedelta(days=7)
+ACTIVE = frozenset({StateType.PENDING, StateType.RUNNING, StateType.CANCELLING})
 
 
 @dataclass(frozen=True)
 class Job:
     key: str
-    attempts: int
+    attempts: int  # claims of the entry so far
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What the flow run of a job looks like when it is created."""
+
     deployment: str
-    run_name: str
+    name: str
     parameters: dict[str, Any]
     tags: tuple[str, ...] = ()
-    trace_parent: str | None = None  # continues the entry point's trace in the flow run
-
-
-class JobNotFinished(Exception):
-    """The job's flow run ended without finishing the job: it is released and tried again later."""
+    trace_parent: str | None = None
 
 
 class JobSource(Protocol):
     async def claim(self, worker_id: str, limit: int, lease: timedelta) -> list[Job]: ...
 
-    async def needs_run(self, job: Job) -> bool:
-        """False when an earlier run already did the work and only `done` is left (e.g. an announcement)."""
-        ...
-
-    async def renew(self, worker_id: str, keys: Sequence[str], lease: timedelta) -> None: ...
-
     async def release(self, worker_id: str, key: str, error: str, retry_in: timedelta) -> None: ...
 
-    async def started(self, job: Job, flow_run_id: str) -> None: ...
-
-    async def done(self, key: str, flow_run_completed: bool) -> None:
-        """Lets go of a job whose flow run has ended; raises `JobNotFinished` if it must run again."""
+    async def reconcile(self, job: Job) -> timedelta | None:
+        """Brings the job's flow run in step with it; None when the job is over, else when to look again."""
         ...
+
+    async def done(self, key: str) -> None: ...
+
+
+def backoff(run_count: int) -> timedelta:
+    return min(timedelta(seconds=2 ** run_count), MAX_BACKOFF)
+
+
+class PrefectRuns:
+    """The flow runs of the jobs, through Prefect's API and its orchestration rules (no forced transitions)."""
+
+    def __init__(self, client: PrefectClient, deployments: dict[str, Any]):
+        self._client = client
+        self._deployments = deployments  # deployment name -> id
+
+    async def ensure(self, key: str, request: RunRequest) -> FlowRun:
+        """The job's one flow run: created on first use, found by its idempotency key afterwards."""
+        labels = {PREFECT_TRACEPARENT_LABEL: request.trace_parent} if request.trace_parent else None
+        return await self._client.create_flow_run_from_deployment(
+            self._deployments[request.deployment], parameters=request.parameters, name=request.name,
+            tags=list(request.tags), idempotency_key=key, labels=labels)
+
+    async def read(self, flow_run_id: str) -> FlowRun:
+        return await self._client.read_flow_run(flow_run_id)
+
+    async def propose(self, run: FlowRun, state: State) -> None:
+        try:
+            await propose_state(self._client, state, flow_run_id=run.id)
+        except Abort as refused:  # the run moved on meanwhile (another dispatcher, an executor)
+            log.info("flow run %s: %s not accepted: %s", run.id, state.name, refused)
+
+    async def take_over(self, run: FlowRun, why: str) -> None:
+        """A run whose executor is gone: Crashed, then AwaitingRetry for another executor."""
+        log.warning("flow run %s (%s): %s; it is run again", run.id, run.name, why)
+        await self.propose(run, Crashed(message=why))
+        await self.propose(run, AwaitingRetry(message=f"resumed after: {why}"))
+
+    async def retry_later(self, run: FlowRun, delay: timedelta, why: str) -> None:
+        await self.propose(run, AwaitingRetry(scheduled_time=datetime.now(UTC) + delay,
+                                              message=f"{why}; run again in {delay.total_seconds():g}s"))
+
+
+def mirrored_state(order: Order) -> State:
+    """The final state a run of a terminal order shows."""
+    message = report(order).message
+    return {OrderStatus.COMPLETED: Completed, OrderStatus.CANCELLED: Cancelled}.get(order.status, Failed)(
+        message=message)
 
 
 class SagaJobs:
-    """Orders waiting in the outbox → `order-saga` runs named `order-<id>`, tagged with the customer id.
+    """The saga outbox. The order, not the run, says whether the saga is over; the run mirrors it."""
 
-    A failed order is announced (`FailureAnnouncer`) before its outbox entry is done: if the announcement
-    fails, the job is retried, the re-run saga changes nothing, and the announcement is tried again.
-    """
+    deployment = "order-saga"
 
-    def __init__(self, outbox: SagaOutbox, orders: OrderRepository, failures: FailureAnnouncer):
-        self._outbox, self._orders, self._failures = outbox, orders, failures
+    def __init__(self, outbox: SagaOutbox, orders: OrderRepository, failures: FailureAnnouncer, runs: PrefectRuns,
+                 *, max_attempts: int, claim_seconds: float):
+        self._outbox, self._orders, self._failures, self._runs = outbox, orders, failures, runs
+        self._max_attempts = max_attempts
+        self._look_again = timedelta(seconds=claim_seconds)
 
     async def claim(self, worker_id: str, limit: int, lease: timedelta) -> list[Job]:
-        entries = await self._outbox.claim(worker_id, limit=limit, lease=lease)
-        orders = await self._orders.get_many([entry.order_id for entry in entries])
-        return [Job(key=entry.order_id, attempts=entry.attempts, deployment="order-saga",
-                    run_name=f"order-{entry.order_id}", parameters={"order_id": entry.order_id},
-                    tags=(order.customer_id,) if order else (), trace_parent=order.trace_parent if order else None)
-                for entry, order in zip(entries, orders, strict=True)]
-
-    async def needs_run(self, job: Job) -> bool:
-        return not (await self._orders.get(job.key)).status.is_terminal
-
-    async def renew(self, worker_id: str, keys: Sequence[str], lease: timedelta) -> None:
-        await self._outbox.renew(worker_id, keys, lease=lease)
+        return [Job(entry.order_id, entry.attempts)
+                for entry in await self._outbox.claim(worker_id, limit=limit, lease=lease)]
 
     async def release(self, worker_id: str, key: str, error: str, retry_in: timedelta) -> None:
         await self._outbox.release(worker_id, key, error=error, retry_in=retry_in)
 
-    async def started(self, job: Job, flow_run_id: str) -> None:
-        await self._orders.update(job.key, lambda order: order.attach_flow_run(flow_run_id))
+    async def done(self, key: str) -> None:
+        await self._outbox.done(key)
 
-    async def done(self, key: str, flow_run_completed: bool) -> None:
-        """The order's status, not the flow run's, says whether the saga is over (a failed saga's run fails)."""
-        order = await self._orders.get(key)
-        if not order.status.is_terminal:
-            raise JobNotFinished(f"the saga of order {key} stopped at {order.status}")
+    async def reconcile(self, job: Job) -> timedelta | None:
+        try:
+            order = await self._orders.get(job.key)
+        except OrderNotFound:
+            return None
+        if order.flow_run_id is None:
+            run = await self._runs.ensure(order.id, self.run_request(order))
+            await self._orders.update(order.id, lambda o: o.attach_flow_run(str(run.id)))
+            return self._look_again
+        run = await self._runs.read(order.flow_run_id)
+        if run.state_type in (StateType.CANCELLING, StateType.CANCELLED):
+            order = await self._cancel(order)
+        if order.status.is_terminal:
+            if run.state_type is not mirrored_state(order).type:
+                await self._runs.propose(run, mirrored_state(order))
+            await self._announce(order)
+            return None
+        return await self._drive(order, run)
+
+    def run_request(self, order: Order) -> RunRequest:
+        return RunRequest(self.deployment, f"order-{order.id}", {"order_id": order.id}, (order.customer_id,),
+                          order.trace_parent)
+
+    async def after_run(self, order_id: str, flow_run_id: str) -> None:
+        """Called by the executor when a run for the order ended: an order that is over lets its entry go. Only
+        the order's own run speaks for it (a Quick run of a finished order announces nothing again)."""
+        try:
+            order = await self._orders.get(order_id)
+        except OrderNotFound:
+            return
+        if order.flow_run_id != flow_run_id:
+            return
+        if order.status.is_terminal:
+            await self._announce(order)
+            await self._outbox.done(order_id)
+        elif order.needs_manual_intervention:
+            await self._failures.order_failed(order)
+
+    async def _announce(self, order: Order) -> None:
+        """A failed order is announced before its entry goes: if announcing fails, the job is tried again."""
         if order.status is OrderStatus.FAILED:
             await self._failures.order_failed(order)
-        await self._outbox.done(key)
+
+    async def _cancel(self, order: Order) -> Order:
+        """The run was cancelled (the UI's Cancel): the order is cancelled as `cancelOrder` would."""
+        try:
+            return await self._orders.update(order.id, lambda o: o.request_cancellation())
+        except CancellationTooLate as late:
+            log.info("%s", late, extra={"order_id": order.id})
+        except InvalidTransition:
+            pass
+        return await self._orders.get(order.id)
+
+    async def _drive(self, order: Order, run: FlowRun) -> timedelta:
+        now = datetime.now(UTC)
+        if run.state_type is StateType.SCHEDULED:
+            return self._look_again  # waiting for an executor (a paused pool or deployment keeps it waiting)
+        if order.claim is not None and order.claim.expires_at > now:
+            return order.claim.expires_at - now + timedelta(seconds=1)
+        if run.state_type in ACTIVE:
+            if run.state and run.state.timestamp and now - run.state.timestamp < self._look_again:
+                return self._look_again  # just claimed by an executor that has not claimed the order yet
+            await self._runs.take_over(run, f"its executor stopped renewing its claim on order {order.id}")
+            return self._look_again
+        if run.run_count >= self._max_attempts:
+            return park(run, report(order).message, self._max_attempts)
+        delay = backoff(run.run_count)
+        await self._runs.retry_later(run, delay, report(order).message)
+        return delay + self._look_again
+
+
+def park(run: FlowRun, why: str, max_attempts: int) -> timedelta:
+    PARKED_JOBS.labels(run.name.split("-", 1)[0]).inc()
+    log.error("flow run %s (%s) parked after %d runs: %s; Retry it in the Prefect UI once the cause is fixed",
+              run.id, run.name, max_attempts, why, extra={"flow_run_id": str(run.id)})
+    return PARKED_FOR
 
 
 class InventoryEventJobs:
-    """Inventory events waiting in the inbox → `inventory-event` runs named `inventory-<productId>`."""
+    """The inventory-event inbox: an event is over when its run completed (or an operator cancelled it)."""
 
-    def __init__(self, inbox: InventoryEventInbox):
-        self._inbox = inbox
+    deployment = "inventory-event"
+
+    def __init__(self, inbox: InventoryEventInbox, runs: PrefectRuns, *, max_attempts: int, claim_seconds: float):
+        self._inbox, self._runs = inbox, runs
+        self._max_attempts = max_attempts
+        self._look_again = timedelta(seconds=claim_seconds)
+        self._events: dict[str, RunRequest] = {}
 
     async def claim(self, worker_id: str, limit: int, lease: timedelta) -> list[Job]:
-        return [Job(key=event.event_id, attempts=attempts, deployment="inventory-event",
-                    run_name=f"inventory-{event.product_id}", parameters={"event": asdict(event)},
-                    tags=(event.event_type,), trace_parent=event.trace_parent)
-                for event, attempts in await self._inbox.claim(worker_id, limit=limit, lease=lease)]
-
-    async def needs_run(self, job: Job) -> bool:
-        return True
-
-    async def renew(self, worker_id: str, keys: Sequence[str], lease: timedelta) -> None:
-        await self._inbox.renew(worker_id, keys, lease=lease)
+        claimed = await self._inbox.claim(worker_id, limit=limit, lease=lease)
+        for event, _ in claimed:
+            self._events[event.event_id] = RunRequest(
+                self.deployment, f"inventory-{event.product_id}", {"event": _jsonable(asdict(event))},
+                (event.event_type,), event.trace_parent)
+        return [Job(event.event_id, attempts) for event, attempts in claimed]
 
     async def release(self, worker_id: str, key: str, error: str, retry_in: timedelta) -> None:
+        self._events.pop(key, None)
         await self._inbox.release(worker_id, key, error=error, retry_in=retry_in)
 
-    async def started(self, job: Job, flow_run_id: str) -> None:
-        pass
-
-    async def done(self, key: str, flow_run_completed: bool) -> None:
-        if not flow_run_completed:
-            raise JobNotFinished(f"inventory event {key} was not applied")
+    async def done(self, key: str) -> None:
+        self._events.pop(key, None)
         await self._inbox.done(key)
+
+    async def reconcile(self, job: Job) -> timedelta | None:
+        run = await self._runs.ensure(job.key, self._events[job.key])
+        state = run.state_type
+        if state is StateType.COMPLETED:
+            return None
+        if state is StateType.CANCELLED:
+            log.warning("inventory event %s dropped: its run was cancelled", job.key)
+            return None
+        if state is StateType.SCHEDULED:
+            return self._look_again
+        if state in ACTIVE:
+            if run.state and run.state.timestamp and datetime.now(UTC) - run.state.timestamp < self._look_again:
+                return self._look_again
+            await self._runs.take_over(run, f"its executor stopped while applying inventory event {job.key}")
+            return self._look_again
+        if run.run_count >= self._max_attempts:
+            return park(run, run.state.message if run.state else "failed", self._max_attempts)
+        delay = backoff(run.run_count)
+        await self._runs.retry_later(run, delay, f"inventory event {job.key} was not applied")
+        return delay + self._look_again
+
+    async def after_run(self, event_id: str, completed: bool) -> None:
+        if completed:
+            await self.done(event_id)
+
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    return {name: value.isoformat() if isinstance(value, datetime) else value for name, value in values.items()}
+

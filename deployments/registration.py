@@ -1,4 +1,5 @@
-"""Registers the deployments declared in `prefect.yaml` with the Prefect API."""
+"""Registers the work pool and the deployments declared in `prefect.yaml` with the Prefect API, idempotently:
+a pool or deployment that exists is kept as the operator left it (a paused one stays paused)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,19 @@ from pathlib import Path
 from uuid import UUID
 
 import yaml
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.objects import WorkPool
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.filesystems import LocalFileSystem
 from prefect.flows import Flow, load_flow_from_entrypoint
 from prefect.settings import PREFECT_HOME
 
 PREFECT_YAML = Path(__file__).resolve().parent.parent / "prefect.yaml"
-
-
 RESULT_STORAGE = "order-saga-results"
+WORK_POOL_TYPE = "order-saga-in-process"
+WORK_POOL_DESCRIPTION = ("Saga and inventory-event runs, executed in-process by `order-saga` executors "
+                         "(`python -m deployments.worker`, or `order-saga worker` for one more).")
 
 
 async def result_storage_block() -> str:
@@ -22,15 +28,34 @@ async def result_storage_block() -> str:
     return f"local-file-system/{RESULT_STORAGE}"
 
 
-async def register_deployments(path: Path = PREFECT_YAML) -> dict[str, tuple[UUID, Flow]]:
-    """Creates or updates each declared deployment; returns its id and flow by deployment name.
+async def ensure_work_pool(client: PrefectClient, name: str) -> WorkPool:
+    """The work pool the executors serve, created if missing (never changed if it exists)."""
+    try:
+        return await client.read_work_pool(name)
+    except ObjectNotFound:
+        pass
+    try:
+        return await client.create_work_pool(WorkPoolCreate(name=name, type=WORK_POOL_TYPE,
+                                                            description=WORK_POOL_DESCRIPTION))
+    except ObjectAlreadyExists:  # another executor created it first
+        return await client.read_work_pool(name)
 
-    They are registered without a work pool: the worker executes their runs itself (see worker.py).
-    """
+
+async def register_deployments(client: PrefectClient, work_pool: str,
+                               path: Path = PREFECT_YAML) -> dict[str, tuple[UUID, Flow]]:
+    """Creates or updates each declared deployment in `work_pool`; returns its id and flow by deployment name."""
     registered = {}
     for spec in yaml.safe_load(path.read_text())["deployments"]:
         flow = load_flow_from_entrypoint(str(path.parent / spec["entrypoint"]))
         deployment = await flow.ato_deployment(name=spec["name"], description=spec.get("description"),
-                                               tags=spec.get("tags"))
+                                               tags=spec.get("tags"), work_pool_name=work_pool,
+                                               paused=await _paused(client, f"{flow.name}/{spec['name']}"))
         registered[spec["name"]] = (await deployment.apply(), flow)
     return registered
+
+
+async def _paused(client: PrefectClient, full_name: str) -> bool:
+    try:
+        return bool((await client.read_deployment_by_name(full_name)).paused)
+    except ObjectNotFound:
+        return False

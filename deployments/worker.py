@@ -1,11 +1,15 @@
-"""The worker: turns the store's durable queues into Prefect flow runs and executes them in this process.
+"""The saga executor: a Prefect worker of the `order-saga` work pool that runs each flow run in this process.
 
-For each job (an order in the saga outbox, an inventory event in the inbox) it creates, or finds by
-idempotency key, the job's flow run of the deployment declared in `prefect.yaml` (taking over a run that a
-dead worker left behind) and executes it here with `run_flow_async`: no subprocess per flow run, which would
-cost about a second of CPU each on 2 cores. Several jobs run at once (option `WorkerConcurrency`). Leases are
-renewed while a job runs; if this process dies they run out and the jobs are claimed again, and the
-idempotent steps make the re-run safe. Run with `python -m deployments.worker`.
+Prefect decides what runs: the executor polls the pool for scheduled runs (so a paused pool, a paused work
+queue and the pool's concurrency limit are honoured by the server), skips runs of a paused deployment, and
+claims each run by proposing `Pending` through Prefect's orchestration rules — a run is claimed once, by one
+executor. It then runs the flow in-process with `run_flow_async`: no subprocess per run, which would cost
+about a second of CPU each on 2 cores. It heartbeats to the pool, so the UI shows it online and the
+deployments Ready, and it turns the UI's Cancel (a run going `Cancelling`) into a cancellation of the order.
+
+Beside it, the dispatcher (dispatcher.py, jobs.py) turns the store's outbox and inbox into flow runs and keeps
+each run in step with its order or event. Any number of executors may run against one store and one Prefect
+server (`order-saga worker` starts one more). Run with `python -m deployments.worker`.
 """
 
 from __future__ import annotations
@@ -14,184 +18,280 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
-from datetime import timedelta
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
-from prefect import flow_engine
+import httpx
 from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterState, FlowRunFilterStateType
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.context import AsyncClientContext
+from prefect.exceptions import Abort
 from prefect.flow_engine import run_flow_async
 from prefect.flows import Flow
 from prefect.settings import (
+    PREFECT_API_URL,
     PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
     PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK,
     temporary_settings,
 )
-from prefect.states import Pending
+from prefect.states import Pending, State
+from prefect.utilities.engine import propose_state
 
-from deployments.jobs import InventoryEventJobs, Job, JobSource, SagaJobs
-from deployments.registration import register_deployments, result_storage_block
+from deployments.dispatcher import Dispatcher, wait
+from deployments.jobs import InventoryEventJobs, PrefectRuns, SagaJobs
+from deployments.prefect_patches import skip_suspension_observers
+from deployments.registration import ensure_work_pool, register_deployments, result_storage_block
 from flows import runtime
 from fulfillment.bootstrap import Container, bootstrap
+from fulfillment.domain import InvalidTransition
 from fulfillment.logs import configure_logging
 from fulfillment.settings import load_dotenv_file
-from fulfillment.telemetry import PREFECT_TRACEPARENT_LABEL, configure_tracing, shutdown_tracing
+from fulfillment.telemetry import PREFECT_API_CALLS, configure_tracing, shutdown_tracing
 
 log = logging.getLogger("fulfillment.worker")
 
-LEASE = timedelta(seconds=30)
-MAX_RETRY_DELAY = timedelta(seconds=60)
+HEARTBEAT = timedelta(seconds=10)
+PAUSE_CHECK = timedelta(seconds=2)
+CANCEL_CHECK = timedelta(seconds=1)
+IDLE_POLL = timedelta(seconds=1)
 SHUTDOWN_GRACE = timedelta(seconds=10)
+AfterRun = Callable[[FlowRun, State], Awaitable[None]]
+OnCancelling = Callable[[FlowRun], Awaitable[None]]
 
 
-class Worker:
-    def __init__(self, sources: list[JobSource], deployments: dict[str, tuple[UUID, Flow]],
-                 client: PrefectClient, *, concurrency: int, poll_seconds: float):
-        self._sources = sources
-        self._deployments = {name: (deployment_id, _named_by_us(flow))
-                             for name, (deployment_id, flow) in deployments.items()}
+class SagaWorker:
+    def __init__(self, client: PrefectClient, pool: str, flows: dict[UUID, Flow], *, name: str, concurrency: int,
+                 after_run: AfterRun, on_cancelling: OnCancelling):
+        self.name = name
         self._client = client
+        self._pool = pool
+        self._flows = {deployment_id: _named_by_us(flow) for deployment_id, flow in flows.items()}
         self._concurrency = concurrency
-        self._poll_seconds = poll_seconds
-        self._worker_id = f"{socket.gethostname()}:{os.getpid()}"
-        self._in_flight: dict[tuple[JobSource, str], asyncio.Task[None]] = {}
+        self._after_run = after_run
+        self._on_cancelling = on_cancelling
+        self._in_flight: dict[UUID, tuple[FlowRun, asyncio.Task[None]]] = {}
+        self._paused: set[UUID] = set()
+        self._work = asyncio.Event()
+
+    def wake(self) -> None:
+        """New runs may be waiting (the dispatcher just created some): poll now rather than at the next tick."""
+        self._work.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        log.info("worker started", extra={"worker_id": self._worker_id, "concurrency": self._concurrency})
-        renewer = asyncio.create_task(self._renew_leases(stop))
-        while not stop.is_set():
-            started = 0
-            for source in self._sources:
-                free = self._concurrency - len(self._in_flight)
-                for job in await self._claim(source, free) if free > 0 else []:
-                    if (source, job.key) in self._in_flight:  # its lease ran out while it runs here
-                        continue
-                    self._in_flight[source, job.key] = asyncio.create_task(self._execute(source, job))
-                    started += 1
-            if started == 0 or len(self._in_flight) >= self._concurrency:
-                await _wait(stop, self._poll_seconds)
-        await self._drain()
-        renewer.cancel()
-
-    async def _claim(self, source: JobSource, limit: int) -> list[Job]:
+        log.info("executor started", extra={"worker": self.name, "work_pool": self._pool,
+                                            "concurrency": self._concurrency})
+        helpers = [asyncio.create_task(loop(stop)) for loop in (self._heartbeats, self._pauses, self._cancellations)]
         try:
-            return await source.claim(self._worker_id, limit, LEASE)
-        except Exception:  # noqa: BLE001 - the store may be briefly unavailable; keep polling
-            log.exception("could not claim jobs", extra={"source": type(source).__name__})
-            return []
-
-    async def _execute(self, source: JobSource, job: Job) -> None:
-        deployment_id, flow = self._deployments[job.deployment]
-        try:
-            completed = True
-            if await source.needs_run(job):
-                flow_run = await self._claimed_flow_run(deployment_id, job)
-                await source.started(job, str(flow_run.id))
-                state = await run_flow_async(flow, flow_run=flow_run, parameters=job.parameters,
-                                             return_type="state")
-                completed = state.is_completed()
-                log.info("flow run finished", extra={"job": job.key, "flow_run": job.run_name,
-                                                     "flow_run_id": str(flow_run.id), "state": state.name})
-            await source.done(job.key, completed)
-        except Exception as error:  # noqa: BLE001 - whatever went wrong, the job is retried later
-            delay = min(timedelta(seconds=2 ** job.attempts), MAX_RETRY_DELAY)
-            log.exception("flow run could not run; retrying", extra={
-                "job": job.key, "attempt": job.attempts, "retry_in_s": delay.total_seconds()})
-            await source.release(self._worker_id, job.key, repr(error), delay)
+            while not stop.is_set():
+                self._work.clear()
+                await self._poll()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._work.wait(), timeout=IDLE_POLL.total_seconds())
         finally:
-            self._in_flight.pop((source, job.key), None)
+            await self._drain()
+            for helper in helpers:
+                helper.cancel()
 
-    async def _claimed_flow_run(self, deployment_id: UUID, job: Job) -> FlowRun:
-        """The job's one flow run (created on first use), claimed for this worker."""
-        flow_run = await self._client.create_flow_run_from_deployment(
-            deployment_id, parameters=job.parameters, name=job.run_name, tags=list(job.tags),
-            idempotency_key=job.key,
-            labels={PREFECT_TRACEPARENT_LABEL: job.trace_parent} if job.trace_parent else None)
-        if flow_run.state_type is StateType.SCHEDULED:
-            return flow_run  # the engine moves it to Running; only a run outside the outbox could race us
-        # We hold the job's lease, so no other worker runs it now: a run left behind by a dead worker
-        # (Running, Crashed, ...) is taken over rather than waited for.
-        await self._client.set_flow_run_state(flow_run.id, Pending(), force=True)
-        return await self._client.read_flow_run(flow_run.id)
+    async def _poll(self) -> None:
+        if len(self._in_flight) >= self._concurrency:
+            return
+        try:
+            scheduled = await self._client.get_scheduled_flow_runs_for_work_pool(
+                self._pool, scheduled_before=datetime.now(UTC))
+        except Exception:  # noqa: BLE001 - Prefect briefly unreachable: poll again
+            log.exception("could not poll the work pool", extra={"work_pool": self._pool})
+            return
+        for response in scheduled:
+            run = response.flow_run
+            if len(self._in_flight) >= self._concurrency:
+                break
+            if run.id in self._in_flight or run.deployment_id not in self._flows or run.deployment_id in self._paused:
+                continue
+            self._in_flight[run.id] = (run, asyncio.create_task(self._execute(run)))
 
-    async def _renew_leases(self, stop: asyncio.Event) -> None:
+    async def _execute(self, run: FlowRun) -> None:
+        try:
+            if not await self._claim(run):
+                return
+            state = await run_flow_async(self._flows[run.deployment_id], flow_run=run, parameters=run.parameters,
+                                         return_type="state")
+            log.info("flow run finished", extra={"flow_run": run.name, "flow_run_id": str(run.id),
+                                                 "state": state.name})
+            await self._after_run(run, state)
+        except Abort as taken_over:
+            log.warning("flow run %s stopped here: %s", run.name, taken_over, extra={"flow_run_id": str(run.id)})
+        except Exception:  # noqa: BLE001 - the dispatcher looks at the run again and re-drives it
+            log.exception("flow run could not run", extra={"flow_run": run.name, "flow_run_id": str(run.id)})
+        finally:
+            self._in_flight.pop(run.id, None)
+            self.wake()
+
+    async def _claim(self, run: FlowRun) -> bool:
+        """Scheduled → Pending through the orchestration rules: only one executor's proposal is accepted, and a
+        deployment's concurrency limit may hold the run back (AwaitingConcurrencySlot)."""
+        try:
+            state = await propose_state(self._client, Pending(), flow_run_id=run.id)
+        except Abort:
+            return False
+        if not state.is_pending():
+            return False
+        run.state = state
+        return True
+
+    async def _heartbeats(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            await _wait(stop, LEASE.total_seconds() / 3)
-            for source in self._sources:
-                keys = [key for owner, key in self._in_flight if owner is source]
-                try:
-                    await source.renew(self._worker_id, keys, LEASE)
-                except Exception:  # noqa: BLE001 - try again at the next tick, well before the lease ends
-                    log.exception("could not renew leases")
+            try:
+                await self._client.send_worker_heartbeat(self._pool, self.name,
+                                                         heartbeat_interval_seconds=HEARTBEAT.total_seconds())
+            except Exception:  # noqa: BLE001 - the pool shows the executor offline until the next one lands
+                log.warning("could not send a worker heartbeat", exc_info=True)
+            await wait(stop, HEARTBEAT.total_seconds())
+
+    async def _pauses(self, stop: asyncio.Event) -> None:
+        """Runs of a paused deployment stay scheduled (and go Late) until it is resumed."""
+        while not stop.is_set():
+            try:
+                deployments = [await self._client.read_deployment(deployment_id) for deployment_id in self._flows]
+                self._paused = {deployment.id for deployment in deployments if deployment.paused}
+            except Exception:  # noqa: BLE001 - keep the last known pauses
+                log.warning("could not read the deployments", exc_info=True)
+            await wait(stop, PAUSE_CHECK.total_seconds())
+
+    async def _cancellations(self, stop: asyncio.Event) -> None:
+        """The UI's Cancel moves a running run to Cancelling: the order is cancelled, so the saga stops at its
+        next step boundary, compensates, and the run ends Cancelled."""
+        while not stop.is_set():
+            await wait(stop, CANCEL_CHECK.total_seconds())
+            if not self._in_flight:
+                continue
+            try:
+                cancelling = await self._client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                    id=FlowRunFilterId(any_=list(self._in_flight)),
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CANCELLING]))))
+                for run in cancelling:
+                    await self._on_cancelling(run)
+            except Exception:  # noqa: BLE001 - try again at the next tick
+                log.warning("could not look for cancelled runs", exc_info=True)
 
     async def _drain(self) -> None:
-        """On shutdown: let the jobs in flight finish for a while, then stop them and hand them back at once,
-        so the next worker resumes them (every step is idempotent)."""
-        if not self._in_flight:
+        """On shutdown: let the runs in flight finish for a while, then stop them; the dispatcher of another
+        executor (or of this one, restarted) resumes them, since every step is idempotent."""
+        tasks = [task for _, task in self._in_flight.values()]
+        if not tasks:
             return
-        log.info("waiting for flow runs in flight", extra={"count": len(self._in_flight)})
-        _, unfinished = await asyncio.wait(self._in_flight.values(), timeout=SHUTDOWN_GRACE.total_seconds())
-        stopped = [owner_key for owner_key, task in self._in_flight.items() if task in unfinished]
+        log.info("waiting for flow runs in flight", extra={"count": len(tasks)})
+        _, unfinished = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE.total_seconds())
         for task in unfinished:
             task.cancel()
         await asyncio.gather(*unfinished, return_exceptions=True)
-        for source, key in stopped:
-            await source.release(self._worker_id, key, "worker stopped", timedelta(0))
-        log.warning("jobs handed back", extra={"keys": [key for _, key in stopped]})
+        if unfinished:
+            log.warning("flow runs stopped at shutdown; they are resumed elsewhere", extra={"count": len(unfinished)})
+
+
+class CancelledIsNoError(logging.Filter):
+    """Prefect's engine logs every final state but Completed at ERROR; a cancelled order is an outcome the
+    customer or an operator asked for, and must not page anyone. Set on the `prefect.flow_runs` logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and record.getMessage().startswith("Finished in state Cancelled"):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
 
 
 def _named_by_us(flow: Flow) -> Flow:
-    """The flow without its run-name template: the worker names each run when it creates it, and the engine
+    """The flow without its run-name template: the dispatcher names each run when it creates it, and the engine
     would otherwise rename the run to the same name through the API, once per run."""
     unnamed = flow.with_options()
     unnamed.flow_run_name = None
     return unnamed
 
 
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
+UUID_SEGMENT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+async def count_api_call(request: httpx.Request) -> None:
+    """Counts each Prefect API call by method and route (`order_saga_prefect_api_calls_total`, in BENCHMARKS.md)."""
+    route = UUID_SEGMENT.sub(":id", request.url.path.split("/api/", 1)[-1])
+    PREFECT_API_CALLS.labels(f"{request.method} {route}").inc()
+
+
+class Executor:
+    """The executor process: the worker and the dispatcher over one container and one Prefect client."""
+
+    def __init__(self, container: Container, client: PrefectClient):
+        self._container = container
+        self._client = client
+        self._name = f"{socket.gethostname()}:{os.getpid()}"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        settings = self._container.settings
+        await ensure_work_pool(self._client, settings.work_pool)
+        deployments = await register_deployments(self._client, settings.work_pool)
+        runs = PrefectRuns(self._client, {name: deployment_id for name, (deployment_id, _) in deployments.items()})
+        saga_jobs = SagaJobs(self._container.outbox, self._container.orders, self._container.failures, runs,
+                             max_attempts=settings.max_job_attempts, claim_seconds=settings.saga_claim_seconds)
+        event_jobs = InventoryEventJobs(self._container.inventory_events, runs,
+                                        max_attempts=settings.max_job_attempts, claim_seconds=settings.saga_claim_seconds)
+        saga_deployment = deployments[SagaJobs.deployment][0]
+
+        async def after_run(run: FlowRun, state: State) -> None:
+            if run.deployment_id == saga_deployment and run.parameters.get("order_id"):
+                await saga_jobs.after_run(run.parameters["order_id"], str(run.id))
+            elif run.deployment_id != saga_deployment and run.idempotency_key:
+                await event_jobs.after_run(run.idempotency_key, state.is_completed())
+
+        async def on_cancelling(run: FlowRun) -> None:
+            if run.deployment_id == saga_deployment and run.parameters.get("order_id"):
+                try:
+                    await self._container.order_service.cancel(run.parameters["order_id"])
+                except InvalidTransition as refused:
+                    log.info("cancel of flow run %s: %s", run.name, refused)
+
+        worker = SagaWorker(self._client, settings.work_pool, {d: flow for d, flow in deployments.values()},
+                            name=self._name, concurrency=settings.worker_concurrency, after_run=after_run,
+                            on_cancelling=on_cancelling)
+        dispatcher = Dispatcher([saga_jobs, event_jobs], self._name, lease=timedelta(seconds=settings.saga_claim_seconds),
+                                poll_seconds=settings.outbox_poll_seconds, batch=settings.worker_concurrency,
+                                on_dispatched=worker.wake)
+        dispatching = asyncio.create_task(dispatcher.run(stop))
+        try:
+            await worker.run(stop)
+        finally:
+            await dispatching
+
+
+async def run_executor(container: Container, stop: asyncio.Event) -> None:
+    """Runs an executor over `container` against the Prefect API of its settings until `stop` is set."""
+    runtime.install(container)
+    skip_suspension_observers()
+    logging.getLogger("prefect.flow_runs").addFilter(CancelledIsNoError())
+    api = {PREFECT_API_URL: container.settings.prefect_api_url}
+    with temporary_settings(api):
+        # One API client for the executor and every flow and task run it executes: Prefect reuses the client
+        # of an enclosing context instead of opening (and building a TLS context for) one per run.
+        async with AsyncClientContext(httpx_settings={"event_hooks": {"request": [count_api_call]}}) as context:
+            # The flow-run heartbeat only matters to detect a dead runner; the order claims do that here. Naming
+            # the result storage spares each run a lookup of the server's default through the API.
+            with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
+                                     PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK: await result_storage_block()}):
+                await Executor(container, context.client).run(stop)
 
 
 async def serve() -> None:
     container = bootstrap()
-    runtime.install(container)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    _skip_suspension_observers()
     try:
-        # One API client for the worker and every flow and task run it executes: Prefect reuses the client
-        # of an enclosing context instead of opening (and building a TLS context for) one per run.
-        async with AsyncClientContext.get_or_create() as client_context:
-            deployments = await register_deployments()
-            worker = Worker(_sources(container), deployments, client_context.client,
-                            concurrency=container.settings.worker_concurrency,
-                            poll_seconds=container.settings.outbox_poll_seconds)
-            # The heartbeat only matters to detect a dead runner; the leases do that here. Naming the result
-            # storage spares each run a lookup of the server's default through the API.
-            with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
-                                     PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK: await result_storage_block()}):
-                await worker.run(stop)
+        await run_executor(container, stop)
     finally:
         await container.aclose()
-
-
-def _skip_suspension_observers() -> None:
-    """For each run of a deployment, Prefect starts a thread with its own event loop, API client and events
-    websocket, only to notice a request to suspend the run. Sagas are never suspended (they are cancelled
-    through the order service and compensate), and on 2 cores those threads cost a third of the worker's
-    CPU (profile in BENCHMARKS.md), so the worker's runs go without them."""
-    flow_engine.observe_flow_run_suspension = lambda *args, **kwargs: contextlib.nullcontext()
-
-
-def _sources(container: Container) -> list[JobSource]:
-    return [SagaJobs(container.outbox, container.orders, container.failures),
-            InventoryEventJobs(container.inventory_events)]
 
 
 def main() -> None:

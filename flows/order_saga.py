@@ -10,40 +10,43 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.states import Completed, Failed, State
+from prefect.context import FlowRunContext
+from prefect.exceptions import Abort
+from prefect.states import Cancelled, Completed, Failed, State
 
 from flows.runtime import container
-from fulfillment.domain import Compensation, Order, Step
+from fulfillment.domain import Compensation, Order, OrderStatus, Step
 from fulfillment.service.saga import Action
+from fulfillment.service.saga_runs import RunOutcome, SagaRunReport
 
 
-async def _act(action: Action, order_id: str) -> str | None:
-    return await container().saga_actions.run(action, order_id)
+async def _act(action: Action, order_id: str, claim: str) -> str | None:
+    return await container().saga_actions.run(action, order_id, claim)
 
 
 @task(name="ReserveInventory", cache_policy=NO_CACHE)
-async def reserve_inventory(order_id: str) -> str | None:
-    return await _act(Step.RESERVE_INVENTORY, order_id)
+async def reserve_inventory(order_id: str, claim: str) -> str | None:
+    return await _act(Step.RESERVE_INVENTORY, order_id, claim)
 
 
 @task(name="ProcessPayment", cache_policy=NO_CACHE)
-async def process_payment(order_id: str) -> str | None:
-    return await _act(Step.PROCESS_PAYMENT, order_id)
+async def process_payment(order_id: str, claim: str) -> str | None:
+    return await _act(Step.PROCESS_PAYMENT, order_id, claim)
 
 
 @task(name="CreateShipment", cache_policy=NO_CACHE)
-async def create_shipment(order_id: str) -> str | None:
-    return await _act(Step.CREATE_SHIPMENT, order_id)
+async def create_shipment(order_id: str, claim: str) -> str | None:
+    return await _act(Step.CREATE_SHIPMENT, order_id, claim)
 
 
 @task(name="RefundPayment", cache_policy=NO_CACHE)
-async def refund_payment(order_id: str) -> str | None:
-    return await _act(Compensation.REFUND_PAYMENT, order_id)
+async def refund_payment(order_id: str, claim: str) -> str | None:
+    return await _act(Compensation.REFUND_PAYMENT, order_id, claim)
 
 
 @task(name="CompensateInventory", cache_policy=NO_CACHE)
-async def compensate_inventory(order_id: str) -> str | None:
-    return await _act(Compensation.COMPENSATE_INVENTORY, order_id)
+async def compensate_inventory(order_id: str, claim: str) -> str | None:
+    return await _act(Compensation.COMPENSATE_INVENTORY, order_id, claim)
 
 
 TASKS = {
@@ -55,22 +58,37 @@ TASKS = {
 }
 
 
-async def as_task(action: Action, order_id: str, budget_seconds: float) -> object:
+async def as_task(action: Action, order_id: str, claim: str, budget_seconds: float | None) -> object:
     """The saga's `Invoke`: each action runs as its Prefect task, bounded by the saga's remaining time."""
-    return await TASKS[action].with_options(timeout_seconds=budget_seconds)(order_id)
+    return await TASKS[action].with_options(timeout_seconds=budget_seconds)(order_id, claim)
 
 
 @flow(name="order-saga", flow_run_name="order-{order_id}", persist_result=False, validate_parameters=False)
 async def order_saga(order_id: str) -> State:
-    """Reserve inventory, process payment, create shipment; on failure compensate in reverse."""
+    """Reserve inventory, process payment, create shipment; on failure compensate in reverse.
+
+    The run ends in the state that matches the order. A run that was taken over by another executor (it
+    paused past its claim) raises Prefect's `Abort`: it reports nothing, since the run now belongs to another.
+    """
     services = container()
-    result = await services.saga.run(order_id, invoke=as_task)
-    order = await services.orders.get(order_id)
-    await acreate_markdown_artifact(key=f"saga-{order_id}", markdown=saga_summary(order),
-                                    description=f"Saga of order {order_id}: {order.status}")
-    if result.success:
-        return Completed(message=f"order {order_id} completed, tracking {result.tracking_id}", data=result)
-    return Failed(message=f"order {order_id} {result.status}: {result.failure_reason}", data=result)
+    flow_run_id = str(FlowRunContext.get().flow_run.id)
+    run = await services.saga_runs.execute(order_id, flow_run_id, invoke=as_task)
+    if run.outcome is RunOutcome.LOST_CLAIM:
+        raise Abort(run.message)
+    if run.order is not None:
+        await acreate_markdown_artifact(key=f"saga-{order_id}", markdown=saga_summary(run.order),
+                                        description=f"Saga of order {order_id}: {run.order.status}")
+    return final_state(run)
+
+
+def final_state(run: SagaRunReport) -> State:
+    """Completed, Failed or Cancelled as the order ended; Failed while it still owes work (it is run again)."""
+    status = run.order.status if run.order is not None else None
+    if run.outcome is RunOutcome.BUSY or status is OrderStatus.CANCELLED:
+        return Cancelled(message=run.message)
+    if status is OrderStatus.COMPLETED:
+        return Completed(message=run.message, data=run.order.result())
+    return Failed(message=run.message)
 
 
 def saga_summary(order: Order) -> str:
@@ -81,6 +99,7 @@ def saga_summary(order: Order) -> str:
         "| | |",
         "|---|---|",
         f"| customer | `{order.customer_id}` |",
+        f"| attempt | {saga.attempt} (effect id `{saga.effect_id}`) |",
         f"| total | {order.total_amount} |",
         f"| completed steps | {' → '.join(saga.completed_steps) or '—'} |",
         f"| compensations | {' → '.join(saga.compensated_steps) or '—'} |",
@@ -88,6 +107,8 @@ def saga_summary(order: Order) -> str:
         f"| payment transaction | `{saga.transaction_id or '—'}` |",
         f"| tracking | `{saga.tracking_id or '—'}` |",
     ]
+    if saga.in_flight:
+        lines.append(f"| in flight (outcome unknown) | {saga.in_flight} |")
     if saga.failed_step:
         lines.append(f"| failed step | {saga.failed_step}: {saga.failure_reason} |")
     lines += [f"| **manual intervention required** | {f.step}: {f.error} |" for f in saga.compensation_failures]

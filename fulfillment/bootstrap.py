@@ -29,6 +29,7 @@ from fulfillment.ports import (
 )
 from fulfillment.service import OrderSaga, OrderService, RetryPolicy, SagaActions
 from fulfillment.service.events import EventService
+from fulfillment.service.saga_runs import SagaRuns
 from fulfillment.settings import Settings
 
 
@@ -47,6 +48,7 @@ class Container:
     events: EventService
     saga_actions: SagaActions
     saga: OrderSaga
+    saga_runs: SagaRuns
     embedded_services: tuple[Inventory, Payments, Shipping]
     """The embedded inventory, payments and shipping, which the gateway also serves over HTTP."""
     _closers: list
@@ -91,7 +93,9 @@ def bootstrap(settings: Settings | None = None, **overrides) -> Container:
     closers += [monitor.aclose, failures.aclose]
     order_service = OrderService(orders, max_page_size=settings.page_size_max)
     actions = SagaActions(orders, inventory, payments, shipping,
-                          RetryPolicy(settings.step_attempts, settings.retry_base_seconds))
+                          RetryPolicy(settings.step_attempts, settings.retry_base_seconds),
+                          RetryPolicy(settings.compensation_attempts, settings.retry_base_seconds))
+    saga = OrderSaga(orders, actions, settings.saga_timeout_seconds, settings.saga_claim_seconds)
     return Container(
         settings=settings,
         orders=orders,
@@ -105,7 +109,8 @@ def bootstrap(settings: Settings | None = None, **overrides) -> Container:
         inventory_events=inventory_events,
         events=EventService(order_service, inventory_events),
         saga_actions=actions,
-        saga=OrderSaga(orders, actions, settings.saga_timeout_seconds),
+        saga=saga,
+        saga_runs=SagaRuns(orders, saga),
         embedded_services=(SqliteInventory(embedded, settings.default_stock),
                            SqlitePayments(embedded, settings.credit_limit), SqliteShipping(embedded)),
         _closers=closers,

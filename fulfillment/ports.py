@@ -5,11 +5,12 @@ Adapters in `fulfillment.adapters` implement these, one technology per module; `
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import timedelta
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Protocol
+from enum import StrEnum
+from typing import Any, Protocol
 
 from fulfillment.domain import Order, OrderItem
 
@@ -83,7 +84,11 @@ class SagaOutbox(Protocol):
 
 @dataclass(frozen=True)
 class InventoryEvent:
-    """An `Inventory.StockUpdated` or `Inventory.LowStock` event, as received."""
+    """An `Inventory.StockUpdated` or `Inventory.LowStock` event, as received.
+
+    `event_time` is when the event happened (Event Grid `eventTime`, CloudEvents `time`), or when it was received
+    if the event did not say; stock updates of a product apply in this order. Always timezone-aware, in UTC.
+    """
 
     event_id: str
     event_type: str
@@ -92,12 +97,60 @@ class InventoryEvent:
     threshold: int | None = None
     warehouse_id: str | None = None
     trace_parent: str | None = None
+    event_time: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def __post_init__(self) -> None:
+        if self.event_time.tzinfo is None:
+            raise ValueError(f"event {self.event_id}: event_time {self.event_time} has no timezone")
+        object.__setattr__(self, "event_time", self.event_time.astimezone(UTC))
+
+    def to_json(self) -> dict[str, Any]:
+        """The event as JSON values (the time in ISO 8601), as stored and as a flow run's parameter."""
+        return {**asdict(self), "event_time": self.event_time.isoformat()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], *, received_at: float | None = None) -> InventoryEvent:
+        """The event `to_json` (or `dataclasses.asdict`) gave. One stored before events carried their time
+        takes `received_at` (epoch seconds) instead."""
+        when = data.get("event_time")
+        if isinstance(when, str):
+            when = datetime.fromisoformat(when)
+        elif when is None:
+            when = datetime.fromtimestamp(received_at, UTC) if received_at is not None else datetime.now(UTC)
+        return cls(**{**data, "event_time": when})
+
+
+class StockTurn(StrEnum):
+    """Whether an `Inventory.StockUpdated` event may set its product's stock now (`begin_stock_update`)."""
+
+    APPLY = "apply"  # the newest the product has seen, or a re-run of one whose application was cut short
+    STALE = "stale"  # not newer than one applied or being applied (or itself, applied already): skip it
+    WAIT = "wait"  # newer than one still being applied, whose late write could land after ours: try again soon
+
+    @classmethod
+    def of(cls, event: InventoryEvent, *, latest_id: str | None, latest_time: datetime | None,
+           held_until: float | None, now: float) -> StockTurn:
+        """The rule, against the product's latest admitted update (`held_until`: epoch seconds until which it
+        is being applied, None once it was applied). Each inbox applies it atomically with its mark."""
+        if latest_id is None or latest_time is None:
+            return cls.APPLY
+        if latest_id == event.event_id:
+            return cls.STALE if held_until is None else cls.APPLY
+        if event.event_time <= latest_time:
+            return cls.STALE
+        return cls.WAIT if held_until is not None and held_until > now else cls.APPLY
 
 
 class InventoryEventInbox(Protocol):
     """Inventory events accepted by the webhook and not yet applied, deduplicated by event id.
 
     An event id is remembered after it is applied, so a redelivery, even after a restart, is recognised.
+
+    Stock updates of a product apply in event time, whatever order they arrive or run in: the inbox keeps, per
+    product, a mark of the latest update admitted (its id and time, and until when it is being applied).
+    `begin_stock_update` admits an event by `StockTurn.of` and moves the mark to it before the stock is set;
+    `finish_stock_update` records that it was set. So a process that dies in between leaves the mark on an
+    event that a re-run applies again (setting stock is idempotent), while older events are skipped.
     """
 
     async def record(self, event: InventoryEvent) -> bool:
@@ -113,6 +166,16 @@ class InventoryEventInbox(Protocol):
     async def release(self, worker_id: str, event_id: str, *, error: str, retry_in: timedelta) -> None: ...
 
     async def done(self, event_id: str) -> None: ...
+
+    async def begin_stock_update(self, event: InventoryEvent, *, hold: timedelta) -> StockTurn:
+        """Decides, atomically, whether this StockUpdated event may set its product's stock (`StockTurn.of`);
+        when it may, marks it as the product's latest update, being applied for at most `hold`: a newer event
+        waits that long for this one's stock write to land (or for `finish_stock_update`)."""
+        ...
+
+    async def finish_stock_update(self, event: InventoryEvent) -> None:
+        """Records that the event's stock was set, if it is still the product's latest update."""
+        ...
 
     async def close(self) -> None: ...
 

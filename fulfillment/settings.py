@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     saga_timeout_minutes: float = _option(5, "OrderProcessing__SagaTimeoutMinutes", gt=0)
     step_attempts: int = _option(4, "OrderProcessing__StepAttempts", ge=1, le=20)
     retry_base_seconds: float = _option(0.2, "OrderProcessing__RetryBaseSeconds", ge=0)
+    compensation_attempts: int = _option(6, "OrderProcessing__CompensationAttempts", ge=1, le=50)
+    saga_claim_seconds: float = _option(30, "OrderProcessing__SagaClaimSeconds", ge=1)
+    max_job_attempts: int = _option(10, "OrderProcessing__MaxJobAttempts", ge=1)
 
     # Embedded store and downstream services (the defaults when nothing else is configured)
     data_dir: Path = _option(Path("var"), "OrderProcessing__DataDir")
@@ -63,7 +66,8 @@ class Settings(BaseSettings):
     # Azure Event Grid webhook (contract §6): POST /api/events is served only when a key is set
     event_grid_webhook_key: str = _option("", "EventGrid__WebhookKey")
 
-    # Worker
+    # Executor (a Prefect worker of the work pool) and dispatcher
+    work_pool: str = _option("order-saga", "OrderProcessing__WorkPool")
     worker_concurrency: int = _option(8, "OrderProcessing__WorkerConcurrency", ge=1, le=256)
     outbox_poll_seconds: float = _option(0.2, "OrderProcessing__OutboxPollSeconds", gt=0)
 

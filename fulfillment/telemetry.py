@@ -34,6 +34,11 @@ COMPENSATION_FAILURES = Counter("order_saga_compensation_failures_total",
 DEAD_LETTERS = Counter("order_saga_dead_letters_total", "Service Bus messages dead-lettered, by reason", ["reason"])
 WEBHOOK_EVENTS = Counter("order_saga_webhook_events_total", "Event Grid events received, by outcome", ["outcome"])
 LOW_STOCK_ALERTS = Counter("order_saga_low_stock_alerts_total", "Inventory.LowStock alerts raised")
+PARKED_JOBS = Counter("order_saga_parked_jobs_total",
+                      "Saga or inventory-event runs parked after MaxJobAttempts runs (re-drive: Retry in the UI)",
+                      ["kind"])
+PREFECT_API_CALLS = Counter("order_saga_prefect_api_calls_total", "Calls of the Prefect API by the executors",
+                            ["method"])
 
 
 def configure_tracing(service_name: str) -> None:
@@ -89,3 +94,7 @@ def prometheus_text() -> bytes:
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry)
     return generate_latest()
+
+
+STALE_STOCK_EVENTS = Counter("order_saga_stale_stock_events_total",
+                             "Inventory.StockUpdated events skipped: not newer than the product's last applied one")

@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from fulfillment.domain import FieldError, InvalidRequest, OrderItem, StepRefused, StoreUnavailable, TransientFault
 from fulfillment.domain.model import CENT, MAX_ITEMS
 from fulfillment.ports import Inventory, Payments, Shipping
+from fulfillment.service.events import MAX_STOCK
 from fulfillment.service.requests import decode_json, parse
 
 PLAIN_DECIMAL = re.compile(r"\d{1,15}(\.\d{1,15})?")
@@ -67,7 +68,7 @@ class _Reservation(BaseModel):
 
 class _Stock(BaseModel):
     model_config = ConfigDict(strict=True, frozen=True)
-    quantity: int = Field(ge=0)
+    quantity: int = Field(ge=0, le=MAX_STOCK)
 
 
 class _Charge(BaseModel):
@@ -103,7 +104,7 @@ def _inventory_routes(inventory: Inventory) -> list[BaseRoute]:
     async def set_stock(request: Request) -> dict[str, Any]:
         product_id, body = request.path_params["productId"], await _parse(request, _Stock)
         await inventory.set_stock(product_id, body.quantity)
-        return {"productId": product_id, "available": body.quantity}
+        return {"productId": product_id, "available": await inventory.available(product_id)}
 
     async def available(request: Request) -> dict[str, Any]:
         product_id = request.path_params["productId"]

@@ -45,6 +45,14 @@ async def abuse_protection_handshake(request: Request) -> Response:
 
 
 async def receive_events(request: Request) -> Response:
+    """Each event of the delivery to the event service; 400 naming every poison event and its fields.
+
+    Event Grid answers for a whole delivery, never per event: a batch with a poison event (one the service
+    refuses: a missing or unparseable time, a non-string id, a quantity, threshold or product id out of range,
+    ...) is answered 400, so it is not retried but dead-lettered (or dropped) whole. Its valid events are
+    recorded all the same, so they are not lost with it; replaying the dead-lettered batch after fixing the
+    poison event records only that one, the others being redeliveries of known ids.
+    """
     authenticate(request)
     payload = await read_json(request, wrong_media_type_status=400)  # Event Grid retries a 415, not a 400
     raw_events = payload if isinstance(payload, list) else [payload]
@@ -52,15 +60,17 @@ async def receive_events(request: Request) -> Response:
         return JSONResponse({"validationResponse": validation})
     events = services(request).events
     outcomes, poison = [], []
-    for raw in raw_events:
+    for index, raw in enumerate(raw_events):
         event_id = raw.get("id") if isinstance(raw, dict) else None
+        event_id = event_id if isinstance(event_id, str) else None  # else a poison event, not echoed back
         with tracer.start_as_current_span("event", attributes={"cloudevents.event_id": str(event_id)}) as span:
             try:
                 envelope = parse_envelope(raw)
                 span.set_attribute("cloudevents.event_type", envelope.type)
                 outcome = await events.handle(envelope)
             except InvalidRequest as error:
-                poison.append({"id": event_id, "error": str(error)})
+                poison.append({"index": index, "id": event_id, "error": str(error),
+                               "fields": [field_error.field for field_error in error.errors]})
                 outcome = Outcome.POISON
             span.set_attribute("outcome", str(outcome))
         outcomes.append(outcome)

@@ -77,7 +77,8 @@ def parse_order_id(raw: str) -> str:
 
 
 def order_json(order: Order) -> dict[str, Any]:
-    """An order exactly as the seed's samples show it."""
+    """An order as the seed's samples show it, and whether an operator must look at it (a compensation that keeps
+    failing: the order stays `compensating` while it is retried)."""
     return {
         "id": order.id,
         "customerId": order.customer_id,
@@ -86,6 +87,7 @@ def order_json(order: Order) -> dict[str, Any]:
         "createdAt": iso_utc(order.created_at),
         "completedAt": iso_utc(order.completed_at) if order.completed_at else None,
         "failureReason": order.failure_reason,
+        "manualInterventionRequired": order.needs_manual_intervention,
         "items": [
             {"productId": i.product_id, "productName": i.product_name, "quantity": i.quantity,
              "unitPrice": json_amount(i.unit_price)}

@@ -9,6 +9,7 @@ import pytest
 from fulfillment.bootstrap import Container, bootstrap
 from fulfillment.settings import Settings
 from tests.cosmos_server.server import CosmosServer, running_cosmos_server
+from tests.prefect_server import running_prefect_server
 
 SEED_ORDER = {
     "customerId": "cust-001",
@@ -53,6 +54,13 @@ def cosmos_server(request, tmp_path_factory) -> Iterator[CosmosServer]:
     """A real Cosmos DB server (`@vercel/cosmosdb-server`, installed on first use), once per test session."""
     with running_cosmos_server(tmp_path_factory.mktemp("cosmos"), progress=uncaptured(request.config)) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory) -> Iterator[str]:
+    """The API URL of a real Prefect server (SQLite), once per test session."""
+    with running_prefect_server(tmp_path_factory.mktemp("prefect")) as api_url:
+        yield api_url
 
 
 def uncaptured(config) -> Callable[[str], None]:

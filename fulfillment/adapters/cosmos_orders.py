@@ -117,7 +117,9 @@ class CosmosOrderRepository:
         def apply_change(document: Document) -> Document:
             order = from_document(document)
             change(order)
-            return {**document, **to_document(order)}
+            revised = {**document, **to_document(order)}
+            owed = not order.status.is_terminal and "sagaDispatch" not in document  # e.g. a failed order retried
+            return SAGA_OUTBOX.enqueued(revised) if owed else revised
 
         with translated_errors("update an order"):
             return from_document(await self._rewrite(order_id, apply_change))

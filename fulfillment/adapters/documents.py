@@ -15,19 +15,20 @@ from fulfillment.domain import (
     Order,
     OrderItem,
     OrderStatus,
+    SagaClaim,
     SagaState,
     Step,
 )
 
 
 def to_document(order: Order) -> dict[str, Any]:
-    saga = order.saga
+    claim = order.claim
     return {
         "id": order.id,
         "customerId": order.customer_id,
         "status": order.status.value,
         "createdAt": order.created_at.isoformat(),
-        "completedAt": order.completed_at.isoformat() if order.completed_at else None,
+        "completedAt": _time(order.completed_at),
         "failureReason": order.failure_reason,
         "cancelRequested": order.cancel_requested,
         "flowRunId": order.flow_run_id,
@@ -37,23 +38,15 @@ def to_document(order: Order) -> dict[str, Any]:
              "unitPrice": str(i.unit_price)}
             for i in order.items
         ],
-        "saga": {
-            "startedAt": saga.started_at.isoformat() if saga.started_at else None,
-            "completedSteps": [s.value for s in saga.completed_steps],
-            "compensatedSteps": [c.value for c in saga.compensated_steps],
-            "reservationId": saga.reservation_id,
-            "transactionId": saga.transaction_id,
-            "trackingId": saga.tracking_id,
-            "failedStep": saga.failed_step,
-            "failureReason": saga.failure_reason,
-            "compensationFailures": [{"step": f.step, "error": f.error} for f in saga.compensation_failures],
-        },
+        "saga": _saga_document(order.saga),
+        "claim": {"token": claim.token, "holder": claim.holder, "expiresAt": _time(claim.expires_at)} if claim else None,
+        "earlierAttempts": [_saga_document(saga) for saga in order.earlier_attempts],
     }
 
 
 def from_document(document: dict[str, Any]) -> Order:
     order_id = document["id"]
-    saga = document["saga"]
+    claim = document.get("claim")
     return Order(
         id=order_id,
         customer_id=document["customerId"],
@@ -64,22 +57,55 @@ def from_document(document: dict[str, Any]) -> Order:
         ),
         status=OrderStatus(document["status"]),
         created_at=datetime.fromisoformat(document["createdAt"]),
-        completed_at=datetime.fromisoformat(document["completedAt"]) if document["completedAt"] else None,
+        completed_at=_parsed(document["completedAt"]),
         failure_reason=document["failureReason"],
         cancel_requested=document["cancelRequested"],
         flow_run_id=document["flowRunId"],
         trace_parent=document.get("traceParent"),
-        saga=SagaState(
-            order_id=order_id,
-            started_at=datetime.fromisoformat(saga["startedAt"]) if saga.get("startedAt") else None,
-            completed_steps=[Step(s) for s in saga["completedSteps"]],
-            compensated_steps=[Compensation(c) for c in saga["compensatedSteps"]],
-            reservation_id=saga["reservationId"],
-            transaction_id=saga["transactionId"],
-            tracking_id=saga["trackingId"],
-            failed_step=saga["failedStep"],
-            failure_reason=saga["failureReason"],
-            compensation_failures=[CompensationFailure(step=f["step"], error=f["error"])
-                                   for f in saga["compensationFailures"]],
-        ),
+        saga=_saga(order_id, document["saga"]),
+        claim=SagaClaim(token=claim["token"], holder=claim["holder"], expires_at=datetime.fromisoformat(
+            claim["expiresAt"])) if claim else None,
+        earlier_attempts=[_saga(order_id, saga) for saga in document.get("earlierAttempts", [])],
     )
+
+
+def _saga_document(saga: SagaState) -> dict[str, Any]:
+    return {
+        "attempt": saga.attempt,
+        "startedAt": _time(saga.started_at),
+        "completedSteps": [s.value for s in saga.completed_steps],
+        "compensatedSteps": [c.value for c in saga.compensated_steps],
+        "inFlight": saga.in_flight.value if saga.in_flight else None,
+        "reservationId": saga.reservation_id,
+        "transactionId": saga.transaction_id,
+        "trackingId": saga.tracking_id,
+        "failedStep": saga.failed_step,
+        "failureReason": saga.failure_reason,
+        "compensationFailures": [{"step": f.step, "error": f.error} for f in saga.compensation_failures],
+    }
+
+
+def _saga(order_id: str, saga: dict[str, Any]) -> SagaState:
+    return SagaState(
+        order_id=order_id,
+        attempt=saga.get("attempt", 1),
+        started_at=_parsed(saga.get("startedAt")),
+        completed_steps=[Step(s) for s in saga["completedSteps"]],
+        compensated_steps=[Compensation(c) for c in saga["compensatedSteps"]],
+        in_flight=Step(saga["inFlight"]) if saga.get("inFlight") else None,
+        reservation_id=saga["reservationId"],
+        transaction_id=saga["transactionId"],
+        tracking_id=saga["trackingId"],
+        failed_step=saga["failedStep"],
+        failure_reason=saga["failureReason"],
+        compensation_failures=[CompensationFailure(step=f["step"], error=f["error"])
+                               for f in saga["compensationFailures"]],
+    )
+
+
+def _time(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def _parsed(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None

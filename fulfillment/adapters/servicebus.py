@@ -267,7 +267,7 @@ class ServiceBusFailureAnnouncer:
         notice = failure_notice(order)
         sender = await self._open_sender()
         await sender.send_messages(ServiceBusMessage(
-            json.dumps(notice), message_id=order.id, content_type="application/json", subject="OrderFailed",
+            json.dumps(notice), message_id=_notice_id(order), content_type="application/json", subject="OrderFailed",
             application_properties={"orderId": order.id, "customerId": order.customer_id,
                                     "manualInterventionRequired": notice["manualInterventionRequired"]}))
         log.info("order failure announced", extra={"order_id": order.id, "queue": self._queue_name})
@@ -285,6 +285,12 @@ class ServiceBusFailureAnnouncer:
             return self._sender
 
 
+def _notice_id(order: Order) -> str:
+    """One message per order and outcome: the final failure, and before it a manual-intervention notice for an
+    order still compensating, which duplicate detection must not mistake for the final one."""
+    return order.id if order.status.is_terminal else f"{order.id}.manual-intervention"
+
+
 def failure_notice(order: Order) -> dict[str, Any]:
     saga = order.saga
     return {
@@ -292,7 +298,7 @@ def failure_notice(order: Order) -> dict[str, Any]:
         "customerId": order.customer_id,
         "status": order.status.value,
         "failedStep": saga.failed_step,
-        "reason": order.failure_reason,
+        "reason": order.failure_reason or saga.failure_reason,
         "compensatedSteps": [str(step) for step in saga.compensated_steps],
         "compensationFailures": [
             {"step": str(f.step), "error": f.error, "manualInterventionRequired": f.manual_intervention_required}

@@ -97,6 +97,9 @@ class SqliteOrderRepository:
             order = _order(row)
             change(order)
             db.execute("UPDATE orders SET document = ? WHERE id = ?", (json.dumps(to_document(order)), order_id))
+            if not order.status.is_terminal:  # e.g. a failed order retried: its saga is owed again
+                db.execute("INSERT OR IGNORE INTO saga_outbox (order_id, available_at) VALUES (?, ?)",
+                           (order_id, time.time()))
             return order
 
         # BEGIN IMMEDIATE holds the write lock from the read to the write: no other writer can interleave.

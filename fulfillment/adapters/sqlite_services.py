@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS reservations (
     order_id TEXT PRIMARY KEY, reservation_id TEXT NOT NULL, units TEXT NOT NULL,
     released INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS reservations_held ON reservations (order_id) WHERE released = 0;
 CREATE TABLE IF NOT EXISTS ledger (
     order_id TEXT NOT NULL, kind TEXT NOT NULL CHECK (kind IN ('charge', 'refund')), customer_id TEXT NOT NULL,
     amount TEXT NOT NULL, transaction_id TEXT NOT NULL, created_at TEXT NOT NULL,
@@ -66,6 +67,29 @@ def _now() -> str:
 
 
 class SqliteInventory:
+    """Stock per product, and the reservations of orders in flight.
+
+    A product has units on hand (in the warehouse) and, of those, units held by reservations that were neither
+    released nor shipped. `stock.available` is what a new reservation can take: on hand minus held.
+    - `reserve` moves units from available to held (they stay on hand); `release` moves them back.
+    - A shipment consumes its order's reservation: the units leave the warehouse, so on hand and held drop
+      alike and available does not change. Shipping records the shipment in this file; the inventory marks
+      the reservation shipped (`released = 2`) when it next counts held units, and never releases it.
+    - `Inventory.StockUpdated` (`set_stock`) is the warehouse's count of units on hand, held ones included:
+      available becomes that count minus the units held now, so orders in flight keep theirs. It can fall
+      below zero (the warehouse counts fewer than are held): reads then say 0, and releases add to the true
+      figure. The count is taken as of when it is applied, so units shipped between the warehouse's count and
+      its application are counted as on hand until the next count.
+    A product nobody counted starts with `default_stock` units on hand.
+    """
+
+    # `reservations.released`: 0 held, 1 released, 2 shipped. Literals in the SQL, so the partial index on
+    # held reservations serves the queries that look for them.
+    _HELD_UNITS = ("SELECT COALESCE(SUM(units.value), 0) FROM reservations, json_each(reservations.units) AS units"
+                   " WHERE reservations.released = 0 AND units.key = ?")
+    _MARK_SHIPPED = ("UPDATE reservations SET released = 2 WHERE released = 0"
+                     " AND EXISTS (SELECT 1 FROM shipments WHERE shipments.order_id = reservations.order_id)")
+
     def __init__(self, services: EmbeddedServices, default_stock: int):
         self._db = services.db
         self._faults = services.faults
@@ -95,11 +119,13 @@ class SqliteInventory:
         return await self._db.write(reserve)
 
     async def release(self, order_id: str) -> bool:
+        """Returns the units of a held reservation; a shipped one has nothing left to return."""
         self._faults.maybe_fail("inventory.release")
 
         def release(db: sqlite3.Connection) -> bool:
-            row = db.execute("SELECT units FROM reservations WHERE order_id = ? AND released = 0",
-                             (order_id,)).fetchone()
+            row = db.execute("SELECT units FROM reservations WHERE order_id = ? AND released = 0"
+                             " AND NOT EXISTS (SELECT 1 FROM shipments WHERE order_id = ?)",
+                             (order_id, order_id)).fetchone()
             if row is None:
                 return False
             for product_id, quantity in json.loads(row["units"]).items():
@@ -110,16 +136,21 @@ class SqliteInventory:
         return await self._db.write(release)
 
     async def set_stock(self, product_id: str, quantity: int) -> None:
-        await self._db.write(lambda db: db.execute(
-            "INSERT INTO stock VALUES (?, ?) ON CONFLICT (product_id) DO UPDATE SET available = excluded.available",
-            (product_id, quantity)))
+        """`quantity` units on hand, as the warehouse counted them (held units included)."""
+        def count(db: sqlite3.Connection) -> None:
+            db.execute(self._MARK_SHIPPED)
+            held = db.execute(self._HELD_UNITS, (product_id,)).fetchone()[0]
+            db.execute("INSERT INTO stock VALUES (?, ?) ON CONFLICT (product_id) DO UPDATE SET available = excluded.available",
+                       (product_id, quantity - held))
+
+        await self._db.write(count)
 
     async def available(self, product_id: str) -> int:
         return await self._db.read(lambda db: self._available(db, product_id))
 
     def _available(self, db: sqlite3.Connection, product_id: str) -> int:
         row = db.execute("SELECT available FROM stock WHERE product_id = ?", (product_id,)).fetchone()
-        return self._default_stock if row is None else row["available"]
+        return self._default_stock if row is None else max(row["available"], 0)
 
     def _add(self, db: sqlite3.Connection, product_id: str, delta: int) -> None:
         db.execute("INSERT INTO stock VALUES (?, ?) ON CONFLICT (product_id) DO UPDATE SET available = available + ?",

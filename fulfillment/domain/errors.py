@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 
 @dataclass(frozen=True)
@@ -56,3 +57,36 @@ class StepRefused(DomainError):
 
 class TransientFault(DomainError):
     """A downstream call failed in a way that may succeed if retried (timeout, 5xx)."""
+
+
+class CancellationTooLate(InvalidTransition):
+    """The saga is past the point where it can stop; the order will end `will_end_as` instead."""
+
+    def __init__(self, order_id: str, will_end_as: str, why: str):
+        self.order_id = order_id
+        self.will_end_as = will_end_as
+        super().__init__(f"too late to cancel order {order_id}: {why}; it will end {will_end_as}")
+
+
+class SagaStopped(DomainError):
+    """The forward steps stop before the next one (the reason is the message); the saga compensates."""
+
+
+class SagaCancelled(SagaStopped):
+    pass
+
+
+class SagaTimedOut(SagaStopped):
+    pass
+
+
+class SagaClaimed(DomainError):
+    """Another run of the saga holds the order (its claim has not run out)."""
+
+    def __init__(self, order_id: str, holder: str, until: datetime):
+        self.holder = holder
+        super().__init__(f"order {order_id} is being processed by {holder} (claimed until {until.isoformat()})")
+
+
+class LostClaim(DomainError):
+    """This run's claim on the order was taken over: it must stop writing and stop running."""

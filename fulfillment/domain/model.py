@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
-from fulfillment.domain.errors import FieldError, InvalidOrder, InvalidTransition
+from fulfillment.domain.errors import (
+    CancellationTooLate,
+    FieldError,
+    InvalidOrder,
+    InvalidTransition,
+    LostClaim,
+    SagaCancelled,
+    SagaClaimed,
+    SagaTimedOut,
+)
 
 MAX_ITEMS = 100
 MAX_QUANTITY = 100_000
@@ -82,20 +91,54 @@ class CompensationFailure:
     manual_intervention_required: bool = True
 
 
+PIVOT = Step.CREATE_SHIPMENT
+"""The step that cannot be undone: once it has begun, the saga only goes forward."""
+
+
 @dataclass
 class SagaState:
-    """What the saga did to one order, kept with the order for audit."""
+    """What one attempt of the saga did to an order, kept with the order for audit."""
 
     order_id: str
-    started_at: datetime | None = None  # when a saga first ran for the order: its time limit counts from here
+    attempt: int = 1
+    started_at: datetime | None = None  # when the attempt first ran: its time limit counts from here
     completed_steps: list[Step] = field(default_factory=list)
     compensated_steps: list[Compensation] = field(default_factory=list)
+    in_flight: Step | None = None  # begun, outcome not recorded: it may have taken effect (write-ahead)
     reservation_id: str | None = None
     transaction_id: str | None = None
     tracking_id: str | None = None
     failed_step: str | None = None
     failure_reason: str | None = None
     compensation_failures: list[CompensationFailure] = field(default_factory=list)
+
+    @property
+    def effect_id(self) -> str:
+        """The id the downstream services key this attempt's effects by (docs/downstream-http.md): the order
+        id for the first attempt, so a retried or re-run saga never reserves, charges or ships twice; a fresh
+        id for each later attempt, whose effects must not be the first attempt's released ones."""
+        return self.order_id if self.attempt == 1 else f"{self.order_id}.attempt-{self.attempt}"
+
+    @property
+    def pivot_begun(self) -> bool:
+        return self.in_flight is PIVOT or PIVOT in self.completed_steps
+
+    def outstanding_compensations(self) -> list[Compensation]:
+        """Compensations still owed, in the order they run: of every completed step, and of a step in flight
+        (it may have landed), in reverse."""
+        begun = [*self.completed_steps, *([self.in_flight] if self.in_flight else [])]
+        owed = [COMPENSATION_OF[step] for step in reversed(begun) if step in COMPENSATION_OF]
+        return [compensation for compensation in owed if compensation not in self.compensated_steps]
+
+
+@dataclass(frozen=True)
+class SagaClaim:
+    """Which run of the saga may write the order, until when. Every write of a run carries its token: a run
+    that lost its claim (it paused past `expires_at` and another run took over) has its writes refused."""
+
+    token: str
+    holder: str
+    expires_at: datetime
 
 
 @dataclass(frozen=True)
@@ -121,6 +164,8 @@ class Order:
     flow_run_id: str | None = None
     trace_parent: str | None = None  # W3C traceparent of the request that placed it, continued by the saga
     saga: SagaState | None = None  # a new order starts with an empty saga state
+    claim: SagaClaim | None = None
+    earlier_attempts: list[SagaState] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.saga is None:
@@ -144,6 +189,31 @@ class Order:
             created_at=now or datetime.now(UTC),
         )
 
+    # --- who runs the saga ---------------------------------------------------------------------
+
+    def claim_saga(self, holder: str, token: str, expires_at: datetime, now: datetime) -> None:
+        """Lets the run `holder` write the order until `expires_at`; refused while another holder's claim
+        lasts. A holder claiming again (its run retried) gets a new token."""
+        self._require_active()
+        current = self.claim
+        if current is not None and current.holder != holder and current.expires_at > now:
+            raise SagaClaimed(self.id, current.holder, current.expires_at)
+        self.claim = SagaClaim(token=token, holder=holder, expires_at=expires_at)
+
+    def renew_claim(self, token: str, expires_at: datetime) -> None:
+        self.check_claim(token)
+        self.claim = SagaClaim(token=token, holder=self.claim.holder, expires_at=expires_at)
+
+    def release_claim(self, token: str) -> None:
+        if self.claim is not None and self.claim.token == token:
+            self.claim = None
+
+    def check_claim(self, token: str) -> None:
+        """Raises `LostClaim` unless `token` is the current claim's."""
+        if self.claim is None or self.claim.token != token:
+            holder = self.claim.holder if self.claim else "nobody"
+            raise LostClaim(f"order {self.id} is now claimed by {holder}")
+
     # --- saga progress -------------------------------------------------------------------------
 
     def begin_saga(self, now: datetime | None = None) -> None:
@@ -151,10 +221,30 @@ class Order:
         if self.saga.started_at is None:
             self.saga.started_at = now or datetime.now(UTC)
 
+    def deadline(self, timeout: timedelta) -> datetime:
+        assert self.saga.started_at is not None, "the saga has not begun"
+        return self.saga.started_at + timeout
+
+    def begin_step(self, step: Step, now: datetime, timeout: timedelta) -> None:
+        """Records that `step` is about to be invoked (write-ahead). A forward step is only invoked on the
+        forward path and within the time limit; the pivot, once begun, is resolved whatever the time."""
+        self._require_active()
+        if step is PIVOT and self.saga.in_flight is PIVOT:
+            return
+        if self.status is OrderStatus.COMPENSATING:
+            raise InvalidTransition(f"order {self.id} is compensating; {step} cannot run now")
+        if self.cancel_requested:
+            raise SagaCancelled(f"cancelled on request before {step}")
+        if now >= self.deadline(timeout):
+            raise SagaTimedOut(f"saga timed out after {timeout.total_seconds() / 60:g} minutes before {step}")
+        self.saga.in_flight = step
+
     def record_step(self, step: Step, reference: str | None) -> None:
         self._require_active()
         if self.status is OrderStatus.COMPENSATING:
             raise InvalidTransition(f"order {self.id} is compensating; {step} cannot complete now")
+        if self.saga.in_flight is step:
+            self.saga.in_flight = None
         if step in self.saga.completed_steps:
             return
         self.saga.completed_steps.append(step)
@@ -167,9 +257,16 @@ class Order:
                 self.saga.tracking_id = reference
         self.status = step.status_after
 
+    def record_step_refused(self, step: Step) -> None:
+        """The service refused `step` (a definite answer): nothing of it is in flight any more."""
+        if self.saga.in_flight is step:
+            self.saga.in_flight = None
+
     def start_compensating(self, failed_step: str | None, reason: str) -> None:
         """`failed_step` is None when the saga stops because it was cancelled, not because a step failed."""
         self._require_active()
+        if self.saga.pivot_begun:
+            raise InvalidTransition(f"order {self.id}: {PIVOT} has begun; the saga can only go forward")
         self.status = OrderStatus.COMPENSATING
         self.saga.failed_step = failed_step
         self.saga.failure_reason = reason
@@ -179,35 +276,68 @@ class Order:
         return self.status is OrderStatus.COMPENSATING and self.saga.failed_step is None
 
     def record_compensation(self, compensation: Compensation, *, undid_something: bool) -> None:
-        """Records a compensation of a completed step, or one that found an effect to undo (a step cut short)."""
-        if not (undid_something or STEP_UNDONE_BY[compensation] in self.saga.completed_steps):
-            return
+        """Records that `compensation` is done: what it owed is undone, or there was nothing to undo."""
         if compensation not in self.saga.compensated_steps:
             self.saga.compensated_steps.append(compensation)
+        if STEP_UNDONE_BY[compensation] is self.saga.in_flight:
+            self.saga.in_flight = None
+        self.saga.compensation_failures = [f for f in self.saga.compensation_failures if f.step != compensation]
 
     def record_compensation_failure(self, compensation: Compensation, error: str) -> None:
         if all(f.step != compensation for f in self.saga.compensation_failures):
             self.saga.compensation_failures.append(CompensationFailure(step=compensation, error=error))
 
+    @property
+    def needs_manual_intervention(self) -> bool:
+        return bool(self.saga.compensation_failures)
+
     def complete(self, now: datetime | None = None) -> None:
         self._require_active()
         self.status = OrderStatus.COMPLETED
         self.completed_at = now or datetime.now(UTC)
+        self.claim = None
 
     def finish_unsuccessfully(self, now: datetime | None = None) -> None:
-        """Ends a compensated saga: `cancelled` if a cancellation stopped it, otherwise `failed`."""
+        """Ends a compensated saga: `cancelled` if a cancellation stopped it, otherwise `failed`. Refused while
+        a compensation is still owed: no order ends with a charge standing or stock held."""
         self._require_active()
+        owed = self.saga.outstanding_compensations()
+        if owed:
+            raise InvalidTransition(f"order {self.id} still owes {', '.join(owed)}")
         self.status = OrderStatus.CANCELLED if self.stopped_by_cancellation else OrderStatus.FAILED
         self.failure_reason = self.saga.failure_reason
         self.completed_at = now or datetime.now(UTC)
+        self.claim = None
 
     def attach_flow_run(self, flow_run_id: str) -> None:
         self.flow_run_id = flow_run_id
 
-    def request_cancellation(self) -> None:
+    def request_cancellation(self, now: datetime | None = None) -> None:
+        """Cancels at once an order whose saga has not invoked anything yet; otherwise asks the saga to stop
+        at its next step boundary and compensate. Too late once the shipment has begun, or once the saga is
+        compensating a failure: `CancellationTooLate` names the status the order will end in."""
         if self.status.is_terminal:
             raise InvalidTransition(f"order {self.id} is already {self.status} and cannot be cancelled")
+        if self.saga.pivot_begun:
+            raise CancellationTooLate(self.id, OrderStatus.COMPLETED, f"{PIVOT} has begun")
+        if self.status is OrderStatus.COMPENSATING and not self.stopped_by_cancellation:
+            raise CancellationTooLate(self.id, OrderStatus.FAILED, "the saga is already compensating a failure")
         self.cancel_requested = True
+        if not self.saga.completed_steps and self.saga.in_flight is None:
+            self.status = OrderStatus.CANCELLED
+            self.saga.failure_reason = self.failure_reason = "cancelled on request before any step"
+            self.completed_at = now or datetime.now(UTC)
+            self.claim = None
+
+    def retry(self) -> None:
+        """An operator's retry of a failed order: a new attempt from the first step, the earlier one kept."""
+        if self.status is not OrderStatus.FAILED:
+            raise InvalidTransition(f"order {self.id} is {self.status}; only a failed order runs again")
+        self.earlier_attempts.append(self.saga)
+        self.saga = SagaState(order_id=self.id, attempt=self.saga.attempt + 1)
+        self.status = OrderStatus.PROCESSING
+        self.failure_reason = self.completed_at = None
+        self.cancel_requested = False
 
     def result(self) -> OrderResult:
         return OrderResult(
@@ -220,7 +350,6 @@ class Order:
     def _require_active(self) -> None:
         if self.status.is_terminal:
             raise InvalidTransition(f"order {self.id} is already {self.status}")
-
 
 
 def _order_errors(customer_id: str, items: list[OrderItem]) -> list[FieldError]:

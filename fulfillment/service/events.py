@@ -3,25 +3,66 @@
 Inventory events are recorded in the inbox, deduplicated by event id, and applied by the worker in an
 `inventory-event` flow run; `Orders.OrderSubmitted` places the order exactly as `POST /api/orders` does,
 with the event id as idempotency key, so a redelivered event yields the same order and one saga.
+
+Every event carries its time: Event Grid schema requires `eventTime`, so an event without a valid one is
+refused; CloudEvents makes `time` optional, so an event without one takes its receipt time, and one with an
+invalid `time` is refused. A time must be RFC 3339 with a UTC offset and at most `MAX_CLOCK_SKEW` ahead of
+ours: an event dated far ahead would make every later update of its product look stale. Stock updates of a
+product then apply in that time order (`apply_stock_update`), whatever order they arrive or run in.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator
 
 from fulfillment.domain import FieldError, InvalidRequest
-from fulfillment.ports import InventoryEvent, InventoryEventInbox
+from fulfillment.ports import Inventory, InventoryEvent, InventoryEventInbox, StockTurn
 from fulfillment.service.orders import OrderService
 from fulfillment.service.requests import parse
-from fulfillment.telemetry import LOW_STOCK_ALERTS, current_traceparent
+from fulfillment.telemetry import LOW_STOCK_ALERTS, STALE_STOCK_EVENTS, current_traceparent
 
 log = logging.getLogger("fulfillment.events")
 
+MAX_STOCK = 1_000_000_000  # units of one product: any count beyond is a producer's bug, not a warehouse
+MAX_PRODUCT_ID_LENGTH = 200
+MAX_CLOCK_SKEW = timedelta(days=1)
+STOCK_UPDATE_HOLD = timedelta(minutes=1)
+"""How long an admitted stock update holds off newer ones of its product while its write may still land: far
+beyond a downstream call's timeout, so an update whose run died mid-write never lands after a newer one."""
+TURN_PATIENCE_SECONDS = 5.0  # a newer update waits this long in its run for an older one to finish, then retries
+
+
+def _event_time(value: Any) -> datetime:
+    """An RFC 3339 date-time with a UTC offset, in UTC, at most `MAX_CLOCK_SKEW` ahead of this clock."""
+    try:
+        parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise ValueError("must be an RFC 3339 date-time, e.g. 2026-01-31T12:00:00Z")
+    if parsed.tzinfo is None:
+        raise ValueError("must have a UTC offset, e.g. 2026-01-31T12:00:00Z")
+    try:
+        parsed = parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must lie within the years 1 to 9999 in UTC") from None
+    if parsed > datetime.now(UTC) + MAX_CLOCK_SKEW:
+        raise ValueError(f"must not be more than {MAX_CLOCK_SKEW.total_seconds() / 3600:g} hours ahead of the "
+                         "receiver's clock")
+    return parsed
+
+
+EventTime = Annotated[datetime, PlainValidator(_event_time)]
+ProductId = Annotated[str, Field(min_length=1, max_length=MAX_PRODUCT_ID_LENGTH)]
+Units = Annotated[int, Field(ge=0, le=MAX_STOCK)]  # strict: not a bool, not 3.0
 
 
 class EventType(StrEnum):
@@ -42,6 +83,7 @@ class Envelope:
     id: str
     type: str
     data: Any
+    time: datetime  # when the event happened, or was received if it did not say (CloudEvents only)
 
 
 class _EventGridEvent(BaseModel):
@@ -49,6 +91,7 @@ class _EventGridEvent(BaseModel):
     id: str = Field(min_length=1)
     eventType: str = Field(min_length=1)
     subject: str
+    eventTime: EventTime
     data: Any = None
     dataVersion: str
 
@@ -59,18 +102,19 @@ class _CloudEvent(BaseModel):
     type: str = Field(min_length=1)
     source: str = Field(min_length=1)
     specversion: str
+    time: EventTime | None = None
     data: Any = None
 
 
 class _StockLevel(BaseModel):
     model_config = ConfigDict(strict=True)
-    productId: str = Field(min_length=1)
-    quantityAvailable: int = Field(ge=0)
+    productId: ProductId
+    quantityAvailable: Units
     warehouseId: str | None = None
 
 
 class _LowStock(_StockLevel):
-    threshold: int = Field(ge=0)
+    threshold: Units
 
 
 def parse_envelope(raw: Any) -> Envelope:
@@ -79,9 +123,9 @@ def parse_envelope(raw: Any) -> Envelope:
         cloud = parse(_CloudEvent, raw)
         if cloud.specversion != "1.0":
             raise InvalidRequest([FieldError("specversion", f"must be 1.0, got {cloud.specversion!r}")])
-        return Envelope(cloud.id, cloud.type, cloud.data)
+        return Envelope(cloud.id, cloud.type, cloud.data, cloud.time or datetime.now(UTC))
     event = parse(_EventGridEvent, raw)
-    return Envelope(event.id, event.eventType, event.data)
+    return Envelope(event.id, event.eventType, event.data, event.eventTime)
 
 
 class EventService:
@@ -106,8 +150,41 @@ class EventService:
         event = InventoryEvent(
             event_id=envelope.id, event_type=envelope.type, product_id=level.productId,
             quantity_available=level.quantityAvailable, threshold=getattr(level, "threshold", None),
-            warehouse_id=level.warehouseId, trace_parent=current_traceparent())
+            warehouse_id=level.warehouseId, trace_parent=current_traceparent(), event_time=envelope.time)
         return Outcome.ACCEPTED if await self._inbox.record(event) else Outcome.DUPLICATE
+
+
+class StockUpdateUnderWay(Exception):
+    """An older update of the product is still being applied: this one's run fails, to be retried later."""
+
+
+async def apply_stock_update(inbox: InventoryEventInbox, inventory: Inventory, event: InventoryEvent, *,
+                             patience_seconds: float = TURN_PATIENCE_SECONDS) -> bool:
+    """Sets the product's stock from an `Inventory.StockUpdated` event, in event time per product.
+
+    The inbox admits the event (`StockTurn`) and marks it as the product's latest update before the stock is
+    set, then records it as set. An event not newer than one applied or being applied, or already applied
+    itself (its `done` was lost), is skipped: False, one INFO line and `STALE_STOCK_EVENTS`. A run that died
+    between mark and write is re-run and sets the same stock again. An event newer than one still being
+    applied waits for it, up to `patience_seconds`, then raises `StockUpdateUnderWay`.
+    """
+    turn = await inbox.begin_stock_update(event, hold=STOCK_UPDATE_HOLD)
+    deadline, pause = time.monotonic() + patience_seconds, 0.02
+    while turn is StockTurn.WAIT:
+        if time.monotonic() >= deadline:
+            raise StockUpdateUnderWay(f"an older stock update of {event.product_id} is still being applied")
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.5)
+        turn = await inbox.begin_stock_update(event, hold=STOCK_UPDATE_HOLD)
+    if turn is StockTurn.STALE:
+        STALE_STOCK_EVENTS.inc()
+        log.info("stale stock update skipped", extra={
+            "event_id": event.event_id, "product_id": event.product_id, "event_time": event.event_time.isoformat(),
+            "quantity_available": event.quantity_available})
+        return False
+    await inventory.set_stock(event.product_id, event.quantity_available)
+    await inbox.finish_stock_update(event)
+    return True
 
 
 def low_stock_alert(event: InventoryEvent) -> None:

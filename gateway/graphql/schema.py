@@ -15,9 +15,9 @@ from graphql import GraphQLError
 from strawberry.extensions import AddValidationRules, MaskErrors, ParserCache, QueryDepthLimiter, ValidationCache
 from strawberry.types import Info
 
+from fulfillment.domain import CancellationTooLate, InvalidRequest, InvalidTransition, OrderNotFound
 from fulfillment.domain import FieldError as DomainFieldError
-from fulfillment.domain import InvalidRequest, InvalidTransition, OrderNotFound
-from gateway.graphql.types import Order, OrderConnection, OrderEdge, PageInfo, SagaState
+from gateway.graphql.types import Order, OrderConnection, OrderEdge, OrderStatus, PageInfo, SagaState
 from gateway.rest import parse_order_id
 
 STATUS_POLL_SECONDS = 0.5
@@ -65,14 +65,21 @@ class InvalidStateError:
     message: str
 
 
-@strawberry.type(description="The saga stops at its next step, compensates, and the order ends cancelled.")
+@strawberry.type(description="Accepted. An order no step has touched is cancelled at once; otherwise the saga stops "
+                             "at its next step, compensates, and the order ends cancelled.")
 class OrderCancellationRequested:
     order: Order
 
 
+@strawberry.type(description="Too late: the shipment has begun, or the saga is compensating a failure.")
+class CancellationTooLateError:
+    message: str
+    will_end_as: OrderStatus = strawberry.field(description="The status the order will end in instead.")
+
+
 CreateOrderResult = Annotated[OrderCreated | ValidationError, strawberry.union("CreateOrderResult")]
 CancelOrderResult = Annotated[
-    OrderCancellationRequested | NotFoundError | InvalidStateError | ValidationError,
+    OrderCancellationRequested | CancellationTooLateError | NotFoundError | InvalidStateError | ValidationError,
     strawberry.union("CancelOrderResult"),
 ]
 
@@ -135,6 +142,8 @@ class Mutation:
             return _validation_error(error)
         except OrderNotFound as error:
             return NotFoundError(id=id, message=str(error))
+        except CancellationTooLate as error:
+            return CancellationTooLateError(message=str(error), will_end_as=error.will_end_as)
         except InvalidTransition as error:
             return InvalidStateError(message=str(error))
         return OrderCancellationRequested(order=Order.from_domain(order))

@@ -35,9 +35,12 @@ class CompensationFailure:
     manual_intervention_required: bool
 
 
-@strawberry.type(description="What the saga did to an order, for audit.")
+@strawberry.type(description="What one attempt of the saga did to an order, for audit.")
 class SagaState:
     order_id: strawberry.ID
+    attempt: int = strawberry.field(description="1, then one more for each Retry of a failed order.")
+    in_flight: str | None = strawberry.field(
+        description="A step begun whose outcome is not known yet (it is resolved before anything else happens).")
     completed_steps: list[str]
     compensated_steps: list[str]
     reservation_id: str | None
@@ -51,6 +54,8 @@ class SagaState:
     def from_domain(cls, saga: DomainSaga) -> SagaState:
         return cls(
             order_id=strawberry.ID(saga.order_id),
+            attempt=saga.attempt,
+            in_flight=str(saga.in_flight) if saga.in_flight else None,
             completed_steps=[str(s) for s in saga.completed_steps],
             compensated_steps=[str(c) for c in saga.compensated_steps],
             reservation_id=saga.reservation_id,
@@ -84,6 +89,9 @@ class Order:
     failure_reason: str | None
     items: list[OrderItem]
     saga: SagaState
+    earlier_attempts: list[SagaState] = strawberry.field(description="Attempts before the current one, oldest first.")
+    manual_intervention_required: bool = strawberry.field(
+        description="A compensation keeps failing: the order stays compensating while it is retried.")
     flow_run_id: strawberry.Private[str | None]
 
     @strawberry.field(description="The saga's Prefect flow run; null until the worker has started it.")
@@ -105,6 +113,8 @@ class Order:
             failure_reason=order.failure_reason,
             items=[OrderItem.from_domain(i) for i in order.items],
             saga=SagaState.from_domain(order.saga),
+            earlier_attempts=[SagaState.from_domain(saga) for saga in order.earlier_attempts],
+            manual_intervention_required=order.needs_manual_intervention,
             flow_run_id=order.flow_run_id,
         )
 

@@ -6,8 +6,8 @@ import asyncio
 import copy
 import os
 import signal
-import socket
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -20,7 +20,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from fulfillment.adapters.sqlite_orders import SqliteOrderRepository
 from fulfillment.service.requests import new_order, parse_create_order
+from tests.chaos.downstream import ChaosDownstream
 from tests.conftest import SEED_ORDER
+from tests.prefect_server import free_port
 from tests.servicebus_broker.broker import LocalServiceBus
 from tests.servicebus_broker.helpers import ORDER_FAILURES, ORDERS
 
@@ -29,18 +31,13 @@ START_TIMEOUT_S = 180
 WEBHOOK_KEY = "e2e-webhook-key"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class Stack:
     gateway: str
     prefect_api: str
     data_dir: Path
     log: Path
+    env: dict[str, str]
 
     def post_order(self, payload: dict) -> dict:
         response = httpx.post(f"{self.gateway}/api/orders", json=payload, timeout=10)
@@ -112,7 +109,7 @@ def start_stack(data_dir: Path, log: Path, **environment: str) -> tuple[subproce
     with log.open("w") as output:
         process = subprocess.Popen(["make", "up"], cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
                                    start_new_session=True)
-    stack = Stack(f"http://127.0.0.1:{gateway_port}", env["PREFECT_API_URL"], data_dir, log)
+    stack = Stack(f"http://127.0.0.1:{gateway_port}", env["PREFECT_API_URL"], data_dir, log, env)
     deadline = time.monotonic() + START_TIMEOUT_S
     while "order-saga is up" not in log.read_text():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -175,3 +172,77 @@ def stack(stack_dir, preloaded_order, otlp_collector, servicebus):
                                  ServiceBusConnection=servicebus.connection_string)
     yield stack
     stop_stack(process, stack.log)
+
+
+CLAIM_SECONDS = 3
+"""The chaos stack's `SagaClaimSeconds`: a paused or killed executor's sagas are taken over after this."""
+DOWNSTREAM_TIMEOUT_SECONDS = 3
+
+
+@pytest.fixture(scope="session")
+def downstream():
+    """Inventory, payments and shipping over HTTP, written apart from ours, with faults on demand and a ledger."""
+    with ChaosDownstream(seed=7, client_timeout=DOWNSTREAM_TIMEOUT_SECONDS) as service:
+        yield service
+
+
+@pytest.fixture(scope="session")
+def chaos_stack(tmp_path_factory, downstream):
+    """The stack as `make up` starts it, against the chaos downstream, with short claims and timeouts."""
+    directory = tmp_path_factory.mktemp("chaos")
+    process, stack = start_stack(
+        directory / "var", directory / "stack.log",
+        InventoryService__BaseUrl=downstream.inventory_url, PaymentService__BaseUrl=downstream.payments_url,
+        ShippingService__BaseUrl=downstream.shipping_url, OrderProcessing__DownstreamTimeoutSeconds=str(DOWNSTREAM_TIMEOUT_SECONDS),
+        OrderProcessing__SagaClaimSeconds=str(CLAIM_SECONDS), OrderProcessing__StepAttempts="3",
+        OrderProcessing__CompensationAttempts="3", OrderProcessing__RetryBaseSeconds="0.05",
+        OrderProcessing__OutboxPollSeconds="0.1")
+    yield stack
+    stop_stack(process, stack.log)
+
+
+class Executors:
+    """More executors beside the stack's own (`order-saga worker`, as the README says), and the stack's own."""
+
+    def __init__(self, stack: Stack):
+        self._stack = stack
+        self.started: list[subprocess.Popen] = []
+
+    def start(self) -> subprocess.Popen:
+        with (self._stack.log.parent / f"executor-{len(self.started)}.log").open("w") as log:
+            process = subprocess.Popen([str(Path(sys.executable).parent / "order-saga"), "worker"], cwd=ROOT,
+                                       env=self._stack.env, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+        self.started.append(process)
+        return process
+
+    def stack_worker_pid(self) -> int:
+        """The pid of the executor that `make up` supervises."""
+        ours = {process.pid for process in self.started}
+        marker = f"OrderProcessing__DataDir={self._stack.data_dir}".encode()
+        for proc in Path("/proc").iterdir():
+            try:
+                if (proc.name.isdigit() and int(proc.name) not in ours
+                        and b"deployments.worker" in (proc / "cmdline").read_bytes()
+                        and marker in (proc / "environ").read_bytes().split(b"\0")):
+                    return int(proc.name)
+            except OSError:
+                continue
+        raise AssertionError("the stack's worker is not running")
+
+    def stop_all(self) -> None:
+        for process in self.started:
+            if process.poll() is None:
+                process.send_signal(signal.SIGCONT)
+                process.terminate()
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+
+
+@pytest.fixture
+def executors(chaos_stack):
+    started = Executors(chaos_stack)
+    yield started
+    started.stop_all()

@@ -23,7 +23,8 @@ SEED_REQUEST = {
         {"productId": "prod-200", "productName": "USB-C Cable", "quantity": 5, "unitPrice": 9.99},
     ],
 }
-ORDER_KEYS = {"id", "customerId", "status", "totalAmount", "createdAt", "completedAt", "failureReason", "items"}
+ORDER_KEYS = {"id", "customerId", "status", "totalAmount", "createdAt", "completedAt", "failureReason", "items",
+              "manualInterventionRequired"}  # the seed sample's keys, and the operators' flag (a stuck compensation)
 ITEM_KEYS = {"productId", "productName", "quantity", "unitPrice"}
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"

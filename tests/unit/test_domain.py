@@ -1,9 +1,22 @@
 import json
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 
-from fulfillment.domain import InvalidOrder, InvalidRequest, InvalidTransition, OrderStatus, Step
+from fulfillment.domain import (
+    CancellationTooLate,
+    Compensation,
+    InvalidOrder,
+    InvalidRequest,
+    InvalidTransition,
+    LostClaim,
+    OrderStatus,
+    SagaCancelled,
+    SagaClaimed,
+    SagaTimedOut,
+    Step,
+)
 from fulfillment.service.requests import decode_json, new_order, parse_create_order
 
 
@@ -74,9 +87,82 @@ def test_steps_advance_the_status_and_a_terminal_order_cannot_change(seed_order)
 
 
 def test_a_cancelled_saga_ends_cancelled_not_failed(seed_order):
-    order = place(seed_order)
+    order = started(place(seed_order))
+    order.record_step(Step.RESERVE_INVENTORY, "res-1")
     order.request_cancellation()
     order.start_compensating(None, "cancelled on request")
+    with pytest.raises(InvalidTransition, match="still owes CompensateInventory"):
+        order.finish_unsuccessfully()
+    order.record_compensation(Compensation.COMPENSATE_INVENTORY, undid_something=True)
     order.finish_unsuccessfully()
     assert order.status is OrderStatus.CANCELLED
     assert order.failure_reason == "cancelled on request"
+
+
+TIMEOUT = timedelta(minutes=5)
+
+
+def started(order):
+    order.begin_saga()
+    return order
+
+
+def test_an_order_no_step_has_touched_is_cancelled_at_once(seed_order):
+    order = started(place(seed_order))
+    order.request_cancellation()
+    assert order.status is OrderStatus.CANCELLED and order.completed_at is not None
+
+
+def test_cancelling_once_the_pivot_has_begun_is_too_late_and_names_the_outcome(seed_order):
+    order = started(place(seed_order))
+    for step in (Step.RESERVE_INVENTORY, Step.PROCESS_PAYMENT):
+        order.begin_step(step, datetime.now(UTC), TIMEOUT)
+        order.record_step(step, "ref")
+    order.begin_step(Step.CREATE_SHIPMENT, datetime.now(UTC), TIMEOUT)
+    with pytest.raises(CancellationTooLate) as raised:
+        order.request_cancellation()
+    assert raised.value.will_end_as == "completed"
+    with pytest.raises(InvalidTransition):
+        order.start_compensating("CreateShipment", "carrier down")
+
+
+def test_a_step_in_flight_is_owed_a_compensation_since_it_may_have_landed(seed_order):
+    order = started(place(seed_order))
+    order.begin_step(Step.RESERVE_INVENTORY, datetime.now(UTC), TIMEOUT)
+    order.record_step(Step.RESERVE_INVENTORY, "res-1")
+    order.begin_step(Step.PROCESS_PAYMENT, datetime.now(UTC), TIMEOUT)
+    assert order.saga.outstanding_compensations() == [Compensation.REFUND_PAYMENT, Compensation.COMPENSATE_INVENTORY]
+
+
+def test_no_step_begins_past_the_time_limit_or_off_the_forward_path(seed_order):
+    order = place(seed_order)
+    order.begin_saga(now=datetime.now(UTC) - timedelta(minutes=6))
+    with pytest.raises(SagaTimedOut):
+        order.begin_step(Step.RESERVE_INVENTORY, datetime.now(UTC), TIMEOUT)
+    fresh = started(place(seed_order))
+    fresh.begin_step(Step.RESERVE_INVENTORY, datetime.now(UTC), TIMEOUT)
+    fresh.request_cancellation()
+    with pytest.raises(SagaCancelled):
+        fresh.begin_step(Step.PROCESS_PAYMENT, datetime.now(UTC), TIMEOUT)
+
+
+def test_a_claim_excludes_other_runs_until_it_runs_out_and_fences_their_writes(seed_order):
+    order = place(seed_order)
+    now = datetime.now(UTC)
+    order.claim_saga("run-a", "token-a", now + timedelta(seconds=30), now)
+    with pytest.raises(SagaClaimed):
+        order.claim_saga("run-b", "token-b", now + timedelta(seconds=30), now)
+    order.claim_saga("run-b", "token-b", now + timedelta(seconds=90), now + timedelta(seconds=31))
+    with pytest.raises(LostClaim):
+        order.check_claim("token-a")
+    order.check_claim("token-b")
+
+
+def test_a_retried_order_starts_a_new_attempt_and_keeps_the_old_one(seed_order):
+    order = started(place(seed_order))
+    order.start_compensating("ReserveInventory", "OutOfStock: none left")
+    order.finish_unsuccessfully()
+    order.retry()
+    assert order.status is OrderStatus.PROCESSING and order.saga.attempt == 2
+    assert order.saga.effect_id == f"{order.id}.attempt-2"
+    assert [a.failure_reason for a in order.earlier_attempts] == ["OutOfStock: none left"]

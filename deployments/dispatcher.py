@@ -1,0 +1,73 @@
+"""The dispatcher: claims due entries of the store's durable queues and reconciles each with its flow run.
+
+Every executor runs one; the entries' leases keep two dispatchers off one entry. What reconciling does is the
+job source's business (jobs.py); this loop only claims, reconciles, and gives the entry back for later or
+lets it go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+
+from deployments.jobs import Job, JobSource
+
+log = logging.getLogger("fulfillment.dispatcher")
+
+MAX_ERROR_DELAY = timedelta(seconds=60)
+
+
+class Dispatcher:
+    def __init__(self, sources: list[JobSource], worker_id: str, *, lease: timedelta, poll_seconds: float,
+                 batch: int, on_dispatched: Callable[[], None]):
+        """`lease`: how long a claimed entry is this dispatcher's (a paused one holds its entries that long)."""
+        self._sources = sources
+        self._lease = lease
+        self._worker_id = worker_id
+        self._poll_seconds = poll_seconds
+        self._batch = batch
+        self._on_dispatched = on_dispatched
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            claimed = 0
+            for source in self._sources:
+                jobs = await self._claim(source)
+                claimed += len(jobs)
+                await asyncio.gather(*(self._reconcile(source, job) for job in jobs))
+            if claimed:
+                self._on_dispatched()
+            else:
+                await wait(stop, self._poll_seconds)
+
+    async def _claim(self, source: JobSource) -> list[Job]:
+        try:
+            return await source.claim(self._worker_id, self._batch, self._lease)
+        except Exception:  # noqa: BLE001 - the store may be briefly unavailable; keep polling
+            log.exception("could not claim jobs", extra={"source": type(source).__name__})
+            return []
+
+    async def _reconcile(self, source: JobSource, job: Job) -> None:
+        error = ""
+        try:
+            look_again = await source.reconcile(job)
+        except Exception as failure:  # noqa: BLE001 - whatever went wrong, the entry is looked at again later
+            look_again = min(timedelta(seconds=2 ** job.attempts), MAX_ERROR_DELAY)
+            error = repr(failure)
+            log.exception("could not reconcile a job; retrying", extra={
+                "job": job.key, "attempt": job.attempts, "retry_in_s": look_again.total_seconds()})
+        try:
+            if look_again is None:
+                await source.done(job.key)
+            else:
+                await source.release(self._worker_id, job.key, error, look_again)
+        except Exception:  # noqa: BLE001 - the entry's lease runs out and it is claimed again
+            log.exception("could not hand a job back", extra={"job": job.key})
+
+
+async def wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)

@@ -1,0 +1,241 @@
+"""The executor (Prefect worker + dispatcher) in this process, against a real Prefect server and the SQLite store:
+dispatch through the work pool, claim renewal, takeover of a dead executor's run, drain, parking, pauses.
+
+The Prefect API is read with blocking calls (`PrefectUI`) only while no executor runs in the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import httpx
+import pytest
+from prefect.settings import PREFECT_HOME, temporary_settings
+
+from deployments import worker
+from deployments.worker import run_executor
+from fulfillment.bootstrap import bootstrap
+from fulfillment.domain import OrderStatus, Step, TransientFault
+from fulfillment.telemetry import PARKED_JOBS
+from tests.e2e.prefect_ui import PrefectUI
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def settings(settings, prefect_api, tmp_path):
+    with temporary_settings({PREFECT_HOME: tmp_path / "prefect"}):
+        yield settings.model_copy(update={"prefect_api_url": prefect_api, "outbox_poll_seconds": 0.05,
+                                          "saga_claim_seconds": 1.5})
+
+
+@pytest.fixture
+def ui(prefect_api) -> PrefectUI:
+    return PrefectUI(prefect_api)
+
+
+@contextlib.asynccontextmanager
+async def executor(settings, **overrides):
+    """An executor over this test's store, stopped (and drained) when the block ends."""
+    container = bootstrap(settings, **overrides)
+    stop = asyncio.Event()
+    running = asyncio.create_task(run_executor(container, stop))
+    try:
+        yield container
+    finally:
+        stop.set()
+        await running
+        await container.aclose()
+
+
+async def until(predicate, timeout=30.0, every=0.1):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (result := await predicate()):
+        assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
+        await asyncio.sleep(every)
+    return result
+
+
+def terminal(services, order_id):
+    async def check():
+        order = await services.orders.get(order_id)
+        return order if order.status.is_terminal else None
+
+    return check
+
+
+async def place(services, payload):
+    return await services.order_service.place(payload, source="test")
+
+
+class SlowPayments:
+    """The embedded payment service, taking `seconds` before each charge."""
+
+    def __init__(self, payments, seconds):
+        self._payments, self._seconds = payments, seconds
+
+    async def charge(self, *args):
+        await asyncio.sleep(self._seconds)
+        return await self._payments.charge(*args)
+
+    def __getattr__(self, name):
+        return getattr(self._payments, name)
+
+
+async def test_an_order_runs_once_through_the_pool_and_its_run_mirrors_it(settings, seed_order, ui):
+    async with executor(settings) as services:
+        order = await place(services, seed_order)
+        done = await until(terminal(services, order.id))
+        await until(lambda: _none_pending(services))
+    run = ui.wait_for_state(done.flow_run_id, "COMPLETED")  # the executor drained its runs when it stopped
+    assert done.status is OrderStatus.COMPLETED
+    assert run["name"] == f"order-{order.id}" and run["idempotency_key"] == order.id
+    assert run["work_pool_name"] == settings.work_pool and run["run_count"] == 1
+    deployments = httpx.post(f"{ui.api}/deployments/filter", json={}).json()
+    assert {d["name"]: d["status"] for d in deployments} == {"order-saga": "READY", "inventory-event": "READY"}
+    workers = httpx.post(f"{ui.api}/work_pools/{settings.work_pool}/workers/filter", json={}).json()
+    assert any(w["status"] == "ONLINE" for w in workers)
+
+
+async def _none_pending(services) -> bool:
+    return await services.outbox.pending_count() == 0
+
+
+async def test_a_long_step_keeps_its_claim_renewed_and_is_not_taken_over(settings, seed_order, ui):
+    probe = bootstrap(settings)
+    async with executor(settings, payments=SlowPayments(probe.payments, 4)) as services:
+        order = await place(services, seed_order)
+        done = await until(terminal(services, order.id))
+    run = ui.flow_run(done.flow_run_id)
+    assert done.status is OrderStatus.COMPLETED and run["run_count"] == 1
+    assert await probe.payments.ledger(order.id) == [("charge", Decimal("149.93"))]
+    await probe.aclose()
+
+
+async def test_a_run_whose_executor_stopped_renewing_its_claim_is_taken_over(settings, seed_order, ui):
+    """A dead executor left the run Running and the order claimed; the claim runs out and another executor
+    resumes the saga where it stopped."""
+    dead = bootstrap(settings)
+    order = await place(dead, seed_order)
+    run = ui.quick_run("order-saga/order-saga", {"order_id": order.id})
+    for state in ({"type": "PENDING"}, {"type": "RUNNING"}):
+        httpx.post(f"{ui.api}/flow_runs/{run['id']}/set_state", json={"state": state}).raise_for_status()
+    now = datetime.now(UTC)
+    await dead.orders.update(order.id, lambda o: (o.attach_flow_run(run["id"]), o.begin_saga(),
+                                                  o.claim_saga("dead executor", "t", now + timedelta(seconds=1), now)))
+    await dead.aclose()
+    await asyncio.sleep(2)
+    async with executor(settings) as services:
+        done = await until(terminal(services, order.id))
+    resumed = ui.wait_for_state(run["id"], "COMPLETED")
+    assert done.status is OrderStatus.COMPLETED and resumed["run_count"] == 2
+    states = httpx.get(f"{ui.api}/flow_run_states/", params={"flow_run_id": run["id"]}).json()
+    assert "Crashed" in [state["name"] for state in states]
+
+
+async def test_a_stopped_executor_hands_its_runs_to_the_next(settings, seed_order, monkeypatch):
+    monkeypatch.setattr(worker, "SHUTDOWN_GRACE", timedelta(seconds=0.5))
+    probe = bootstrap(settings)
+    async with executor(settings, payments=SlowPayments(probe.payments, 60)) as first:
+        order = await place(first, seed_order)
+        await until(lambda: _in_flight(first, order.id, Step.PROCESS_PAYMENT))
+    async with executor(settings) as second:
+        done = await until(terminal(second, order.id))
+    assert done.status is OrderStatus.COMPLETED
+    assert await probe.payments.ledger(order.id) == [("charge", Decimal("149.93"))]
+    await probe.aclose()
+
+
+async def _in_flight(services, order_id, step) -> bool:
+    return (await services.orders.get(order_id)).saga.in_flight is step
+
+
+async def test_cancel_in_the_ui_stops_a_running_saga_which_compensates_and_ends_cancelled(settings, seed_order, ui):
+    probe = bootstrap(settings)
+    async with executor(settings, payments=SlowPayments(probe.payments, 2)) as services:
+        order = await place(services, seed_order)
+        await until(lambda: _in_flight(services, order.id, Step.PROCESS_PAYMENT))
+        ui.cancel((await services.orders.get(order.id)).flow_run_id)
+        done = await until(terminal(services, order.id))
+    run = ui.wait_for_state(done.flow_run_id, "CANCELLED")
+    assert done.status is OrderStatus.CANCELLED and done.failure_reason == "cancelled on request before CreateShipment"
+    assert [kind for kind, _ in await probe.payments.ledger(order.id)] == ["charge", "refund"]
+    assert "cancelled" in run["state"]["message"]
+    await probe.aclose()
+
+
+def test_a_cancelled_run_is_logged_as_the_outcome_it_is_not_as_an_error():
+    record = logging.LogRecord("prefect.flow_runs", logging.ERROR, __file__, 1,
+                               "Finished in state Cancelled('order x cancelled: cancelled on request')", None, None)
+    assert worker.CancelledIsNoError().filter(record) and record.levelno == logging.INFO
+    failed = logging.LogRecord("prefect.flow_runs", logging.ERROR, __file__, 1, "Finished in state Failed()", None,
+                               None)
+    assert worker.CancelledIsNoError().filter(failed) and failed.levelno == logging.ERROR
+
+
+class InventoryDown:
+    async def reserve(self, *args):
+        raise TransientFault("inventory API answered 503")
+
+    async def release(self, *args):
+        raise TransientFault("inventory API answered 503")
+
+
+async def test_a_saga_that_keeps_failing_is_parked_after_max_job_attempts(settings, seed_order, ui):
+    parked_before = PARKED_JOBS.labels("order")._value.get()
+    limited = settings.model_copy(update={"max_job_attempts": 2})
+    async with executor(limited, inventory=InventoryDown()) as services:
+        order = await place(services, seed_order)
+        await until(lambda: _parked(parked_before), timeout=60)
+        stuck = await services.orders.get(order.id)
+    run = ui.flow_run(stuck.flow_run_id)
+    assert stuck.status is OrderStatus.COMPENSATING and stuck.needs_manual_intervention
+    assert run["state"]["type"] == "FAILED" and run["run_count"] == 2
+    assert "manual intervention required" in run["state"]["message"]
+
+
+async def _parked(before: float) -> bool:
+    return PARKED_JOBS.labels("order")._value.get() > before
+
+
+async def test_a_paused_deployment_keeps_its_runs_waiting_until_it_is_resumed(settings, seed_order, ui):
+    deployment = httpx.get(f"{ui.api}/deployments/name/order-saga/order-saga").json()["id"]
+    async with executor(settings) as services:
+        httpx.post(f"{ui.api}/deployments/{deployment}/pause_deployment").raise_for_status()
+        try:
+            await asyncio.sleep(3)  # the executor has seen the pause
+            order = await place(services, seed_order)
+            await asyncio.sleep(3)
+            waiting = await services.orders.get(order.id)
+            assert waiting.status is OrderStatus.PROCESSING and waiting.flow_run_id
+            assert ui.flow_run(waiting.flow_run_id)["state"]["type"] == "SCHEDULED"
+        finally:
+            httpx.post(f"{ui.api}/deployments/{deployment}/resume_deployment").raise_for_status()
+        done = await until(terminal(services, order.id))
+    assert done.status is OrderStatus.COMPLETED
+
+
+async def test_the_work_pools_concurrency_limit_holds_runs_back(settings, ui):
+    pool = f"{ui.api}/work_pools/{settings.work_pool}"
+    probe = bootstrap(settings)
+    try:
+        async with executor(settings, payments=SlowPayments(probe.payments, 1)) as services:
+            await until(lambda: asyncio.to_thread(lambda: httpx.get(pool).status_code == 200))
+            await asyncio.to_thread(lambda: httpx.patch(pool, json={"concurrency_limit": 1}).raise_for_status())
+            orders = [await place(services, {"customerId": "c1", "items": [
+                {"productId": "p-limit", "productName": "Thing", "quantity": 1, "unitPrice": Decimal("5")}]})
+                for _ in range(3)]
+            claimed_at_once = []
+            while True:
+                now = await services.orders.get_many([o.id for o in orders])
+                claimed_at_once.append(sum(1 for o in now if o.claim is not None))
+                if all(o.status.is_terminal for o in now):
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        httpx.patch(pool, json={"concurrency_limit": None}).raise_for_status()
+        await probe.aclose()
+    assert max(claimed_at_once) == 1
