@@ -22,30 +22,32 @@ MAX_ERROR_DELAY = timedelta(seconds=60)
 
 class Dispatcher:
     def __init__(self, sources: list[JobSource], worker_id: str, *, lease: timedelta, poll_seconds: float,
-                 batch: int, on_dispatched: Callable[[], None]):
-        """`lease`: how long a claimed entry is this dispatcher's (a paused one holds its entries that long)."""
+                 capacity: Callable[[], int]):
+        """`lease`: how long a claimed entry is this dispatcher's (a paused one holds its entries that long).
+        `capacity`: how many runs this process's executor can take now. The dispatcher claims no more entries
+        than that, so the runs it creates start at once here; a backlog waits in the store, not as a crowd of
+        scheduled runs that every executor's poll would have to page through."""
         self._sources = sources
         self._lease = lease
         self._worker_id = worker_id
         self._poll_seconds = poll_seconds
-        self._batch = batch
-        self._on_dispatched = on_dispatched
+        self._capacity = capacity
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             claimed = 0
             for source in self._sources:
+                if self._capacity() <= 0:
+                    break
                 jobs = await self._claim(source)
                 claimed += len(jobs)
                 await asyncio.gather(*(self._reconcile(source, job) for job in jobs))
-            if claimed:
-                self._on_dispatched()
-            else:
+            if not claimed:
                 await wait(stop, self._poll_seconds)
 
     async def _claim(self, source: JobSource) -> list[Job]:
         try:
-            return await source.claim(self._worker_id, self._batch, self._lease)
+            return await source.claim(self._worker_id, self._capacity(), self._lease)
         except Exception:  # noqa: BLE001 - the store may be briefly unavailable; keep polling
             log.exception("could not claim jobs", extra={"source": type(source).__name__})
             return []

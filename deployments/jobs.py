@@ -14,11 +14,12 @@ import logging
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
+from uuid import UUID, uuid4
 
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.objects import FlowRun, StateDetails, StateType
 from prefect.exceptions import Abort
-from prefect.states import AwaitingRetry, Cancelled, Completed, Crashed, Failed, State
+from prefect.states import AwaitingRetry, Cancelled, Completed, Crashed, Failed, Pending, State
 from prefect.utilities.engine import propose_state
 
 from fulfillment.domain import CancellationTooLate, InvalidTransition, Order, OrderNotFound, OrderStatus
@@ -66,19 +67,49 @@ def backoff(run_count: int) -> timedelta:
     return min(timedelta(seconds=2 ** run_count), MAX_BACKOFF)
 
 
+class LocalExecutor(Protocol):
+    """This process's executor, as the dispatcher sees it."""
+
+    def takes_now(self, deployment_id: UUID) -> bool:
+        """Whether a new run of the deployment may start here at once: a free slot, and nothing for the server to
+        decide first (pool not paused nor limited, deployment not paused nor limited)."""
+        ...
+
+    def start_claimed(self, run: FlowRun) -> None: ...
+
+    def offer(self, run: FlowRun) -> None:
+        """A scheduled run: claimed through a `Pending` proposal when the executor gets to it."""
+        ...
+
+
 class PrefectRuns:
     """The flow runs of the jobs, through Prefect's API and its orchestration rules (no forced transitions)."""
 
-    def __init__(self, client: PrefectClient, deployments: dict[str, Any]):
+    def __init__(self, client: PrefectClient, deployments: dict[str, Any], executor: LocalExecutor):
         self._client = client
         self._deployments = deployments  # deployment name -> id
+        self._executor = executor
 
     async def ensure(self, key: str, request: RunRequest) -> FlowRun:
-        """The job's one flow run: created on first use, found by its idempotency key afterwards."""
+        """The job's one flow run: created on first use, found by its idempotency key afterwards.
+
+        When this process's executor can start it at once, the run is created already `Pending`, claimed by its
+        creation: the idempotency key lets only one creation happen, and the transition id proves it was this
+        one (a second `create` returns the first run with the first state). That spares the server a `Pending`
+        proposal per saga, a third of the state changes of a run. Otherwise it is created `Scheduled`, and the
+        executors claim it by proposing `Pending`, which the server decides with every rule that applies."""
+        deployment_id = self._deployments[request.deployment]
+        claim = Pending(state_details=StateDetails(transition_id=uuid4()))
+        take_now = self._executor.takes_now(deployment_id)
         labels = {PREFECT_TRACEPARENT_LABEL: request.trace_parent} if request.trace_parent else None
-        return await self._client.create_flow_run_from_deployment(
-            self._deployments[request.deployment], parameters=request.parameters, name=request.name,
-            tags=list(request.tags), idempotency_key=key, labels=labels)
+        run = await self._client.create_flow_run_from_deployment(
+            deployment_id, parameters=request.parameters, name=request.name, tags=list(request.tags),
+            idempotency_key=key, labels=labels, state=claim if take_now else None)
+        if take_now and run.state and run.state.state_details.transition_id == claim.state_details.transition_id:
+            self._executor.start_claimed(run)
+        elif run.state_type is StateType.SCHEDULED:
+            self._executor.offer(run)
+        return run
 
     async def read(self, flow_run_id: str) -> FlowRun:
         return await self._client.read_flow_run(flow_run_id)

@@ -21,7 +21,7 @@ import os
 import re
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
@@ -29,6 +29,7 @@ import httpx
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterState, FlowRunFilterStateType
 from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.responses import WorkerFlowRunResponse
 from prefect.context import AsyncClientContext
 from prefect.exceptions import Abort
 from prefect.flow_engine import run_flow_async
@@ -56,9 +57,10 @@ from fulfillment.telemetry import PREFECT_API_CALLS, configure_tracing, shutdown
 log = logging.getLogger("fulfillment.worker")
 
 HEARTBEAT = timedelta(seconds=10)
-PAUSE_CHECK = timedelta(seconds=2)
+PAUSE_CHECK = timedelta(seconds=3)
 CANCEL_CHECK = timedelta(seconds=1)
-IDLE_POLL = timedelta(seconds=1)
+IDLE_POLL = timedelta(seconds=2)
+BUSY_POLL = timedelta(seconds=0.25)  # while the pool has a backlog: batches of runs, not a poll per run
 SHUTDOWN_GRACE = timedelta(seconds=10)
 AfterRun = Callable[[FlowRun, State], Awaitable[None]]
 OnCancelling = Callable[[FlowRun], Awaitable[None]]
@@ -76,11 +78,28 @@ class SagaWorker:
         self._on_cancelling = on_cancelling
         self._in_flight: dict[UUID, tuple[FlowRun, asyncio.Task[None]]] = {}
         self._paused: set[UUID] = set()
+        self._restricted: set[UUID] = set()  # paused, or with a concurrency limit the server must apply
+        self._pool_unrestricted = False  # not paused, no concurrency limit: runs may be taken without a poll
         self._work = asyncio.Event()
 
-    def wake(self) -> None:
-        """New runs may be waiting (the dispatcher just created some): poll now rather than at the next tick."""
-        self._work.set()
+    def takes_now(self, deployment_id: UUID) -> bool:
+        return (self._pool_unrestricted and deployment_id in self._flows and deployment_id not in self._restricted
+                and self.free_slots() > 0)
+
+    def start_claimed(self, run: FlowRun) -> None:
+        """A run this process's dispatcher created already claimed (`Pending`): it starts here at once."""
+        self._start(run, claimed=True)
+
+    def offer(self, run: FlowRun) -> None:
+        """A scheduled run this process's dispatcher created: claimed through a `Pending` proposal, at once if
+        there is room and nothing for the server to decide first, else by the next poll."""
+        if self._pool_unrestricted and self._runnable(run) and self.free_slots() > 0:
+            self._start(run)
+        else:
+            self._work.set()
+
+    def free_slots(self) -> int:
+        return self._concurrency - len(self._in_flight)
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("executor started", extra={"worker": self.name, "work_pool": self._pool,
@@ -89,34 +108,51 @@ class SagaWorker:
         try:
             while not stop.is_set():
                 self._work.clear()
-                await self._poll()
+                found = await self._poll()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._work.wait(), timeout=IDLE_POLL.total_seconds())
+                    await asyncio.wait_for(self._work.wait(), timeout=(BUSY_POLL if found else IDLE_POLL).total_seconds())
         finally:
             await self._drain()
             for helper in helpers:
                 helper.cancel()
 
-    async def _poll(self) -> None:
-        if len(self._in_flight) >= self._concurrency:
-            return
+    async def _poll(self) -> bool:
+        """Starts the pool's due runs this executor has room for; True if there were any."""
+        free = self._concurrency - len(self._in_flight)
+        if free <= 0:
+            return True
         try:
-            scheduled = await self._client.get_scheduled_flow_runs_for_work_pool(
-                self._pool, scheduled_before=datetime.now(UTC))
+            scheduled = await self._scheduled_runs(limit=free + len(self._paused) * free)
         except Exception:  # noqa: BLE001 - Prefect briefly unreachable: poll again
             log.exception("could not poll the work pool", extra={"work_pool": self._pool})
-            return
-        for response in scheduled:
-            run = response.flow_run
+            return False
+        for run in scheduled:
             if len(self._in_flight) >= self._concurrency:
                 break
-            if run.id in self._in_flight or run.deployment_id not in self._flows or run.deployment_id in self._paused:
-                continue
-            self._in_flight[run.id] = (run, asyncio.create_task(self._execute(run)))
+            if self._runnable(run):
+                self._start(run)
+        return bool(scheduled)
 
-    async def _execute(self, run: FlowRun) -> None:
+    def _runnable(self, run: FlowRun) -> bool:
+        return run.id not in self._in_flight and run.deployment_id in self._flows and run.deployment_id not in self._paused
+
+    def _start(self, run: FlowRun, *, claimed: bool = False) -> None:
+        self._in_flight[run.id] = (run, asyncio.create_task(self._execute(run, claimed=claimed)))
+
+    async def _scheduled_runs(self, limit: int) -> list[FlowRun]:
+        """The pool's runs that are due, at most `limit`: the same endpoint as the client's
+        `get_scheduled_flow_runs_for_work_pool`, with the endpoint's `limit`, which that method does not pass.
+        Without it every poll of a backlog returns (and the server serialises, and this process parses) every
+        waiting run: in a burst of 150 that tripled the CPU each saga cost."""
+        response = await self._client.request(
+            "POST", "/work_pools/{name}/get_scheduled_flow_runs", path_params={"name": self._pool},
+            json={"scheduled_before": datetime.now(UTC).isoformat(), "limit": limit})
+        response.raise_for_status()
+        return [WorkerFlowRunResponse.model_validate(entry).flow_run for entry in response.json()]
+
+    async def _execute(self, run: FlowRun, *, claimed: bool) -> None:
         try:
-            if not await self._claim(run):
+            if not (claimed or await self._claim(run)):
                 return
             state = await run_flow_async(self._flows[run.deployment_id], flow_run=run, parameters=run.parameters,
                                          return_type="state")
@@ -129,7 +165,6 @@ class SagaWorker:
             log.exception("flow run could not run", extra={"flow_run": run.name, "flow_run_id": str(run.id)})
         finally:
             self._in_flight.pop(run.id, None)
-            self.wake()
 
     async def _claim(self, run: FlowRun) -> bool:
         """Scheduled → Pending through the orchestration rules: only one executor's proposal is accepted, and a
@@ -153,13 +188,18 @@ class SagaWorker:
             await wait(stop, HEARTBEAT.total_seconds())
 
     async def _pauses(self, stop: asyncio.Event) -> None:
-        """Runs of a paused deployment stay scheduled (and go Late) until it is resumed."""
+        """Runs of a paused deployment stay scheduled (and go Late) until it is resumed; while the pool is paused
+        or limited, every run goes through the server's poll, which applies both."""
         while not stop.is_set():
             try:
                 deployments = [await self._client.read_deployment(deployment_id) for deployment_id in self._flows]
                 self._paused = {deployment.id for deployment in deployments if deployment.paused}
+                self._restricted = self._paused | {deployment.id for deployment in deployments
+                                                   if deployment.concurrency_limit or deployment.global_concurrency_limit}
+                pool = await self._client.read_work_pool(self._pool)
+                self._pool_unrestricted = not pool.is_paused and pool.concurrency_limit is None
             except Exception:  # noqa: BLE001 - keep the last known pauses
-                log.warning("could not read the deployments", exc_info=True)
+                log.warning("could not read the deployments and the work pool", exc_info=True)
             await wait(stop, PAUSE_CHECK.total_seconds())
 
     async def _cancellations(self, stop: asyncio.Event) -> None:
@@ -232,37 +272,38 @@ class Executor:
         settings = self._container.settings
         await ensure_work_pool(self._client, settings.work_pool)
         deployments = await register_deployments(self._client, settings.work_pool)
-        runs = PrefectRuns(self._client, {name: deployment_id for name, (deployment_id, _) in deployments.items()})
-        saga_jobs = SagaJobs(self._container.outbox, self._container.orders, self._container.failures, runs,
-                             max_attempts=settings.max_job_attempts, claim_seconds=settings.saga_claim_seconds)
-        event_jobs = InventoryEventJobs(self._container.inventory_events, runs,
-                                        max_attempts=settings.max_job_attempts, claim_seconds=settings.saga_claim_seconds)
-        saga_deployment = deployments[SagaJobs.deployment][0]
-
-        async def after_run(run: FlowRun, state: State) -> None:
-            if run.deployment_id == saga_deployment and run.parameters.get("order_id"):
-                await saga_jobs.after_run(run.parameters["order_id"], str(run.id))
-            elif run.deployment_id != saga_deployment and run.idempotency_key:
-                await event_jobs.after_run(run.idempotency_key, state.is_completed())
-
-        async def on_cancelling(run: FlowRun) -> None:
-            if run.deployment_id == saga_deployment and run.parameters.get("order_id"):
-                try:
-                    await self._container.order_service.cancel(run.parameters["order_id"])
-                except InvalidTransition as refused:
-                    log.info("cancel of flow run %s: %s", run.name, refused)
-
+        self._saga_deployment = deployments[SagaJobs.deployment][0]
         worker = SagaWorker(self._client, settings.work_pool, {d: flow for d, flow in deployments.values()},
-                            name=self._name, concurrency=settings.worker_concurrency, after_run=after_run,
-                            on_cancelling=on_cancelling)
-        dispatcher = Dispatcher([saga_jobs, event_jobs], self._name, lease=timedelta(seconds=settings.saga_claim_seconds),
-                                poll_seconds=settings.outbox_poll_seconds, batch=settings.worker_concurrency,
-                                on_dispatched=worker.wake)
+                            name=self._name, concurrency=settings.worker_concurrency, after_run=self._after_run,
+                            on_cancelling=self._on_cancelling)
+        runs = PrefectRuns(self._client, {name: deployment_id for name, (deployment_id, _) in deployments.items()},
+                           worker)
+        self._saga_jobs = SagaJobs(self._container.outbox, self._container.orders, self._container.failures, runs,
+                                   max_attempts=settings.max_job_attempts, claim_seconds=settings.saga_claim_seconds)
+        self._event_jobs = InventoryEventJobs(self._container.inventory_events, runs,
+                                              max_attempts=settings.max_job_attempts,
+                                              claim_seconds=settings.saga_claim_seconds)
+        dispatcher = Dispatcher([self._saga_jobs, self._event_jobs], self._name,
+                                lease=timedelta(seconds=settings.saga_claim_seconds),
+                                poll_seconds=settings.outbox_poll_seconds, capacity=worker.free_slots)
         dispatching = asyncio.create_task(dispatcher.run(stop))
         try:
             await worker.run(stop)
         finally:
             await dispatching
+
+    async def _after_run(self, run: FlowRun, state: State) -> None:
+        if run.deployment_id == self._saga_deployment and run.parameters.get("order_id"):
+            await self._saga_jobs.after_run(run.parameters["order_id"], str(run.id))
+        elif run.deployment_id != self._saga_deployment and run.idempotency_key:
+            await self._event_jobs.after_run(run.idempotency_key, state.is_completed())
+
+    async def _on_cancelling(self, run: FlowRun) -> None:
+        if run.deployment_id == self._saga_deployment and run.parameters.get("order_id"):
+            try:
+                await self._container.order_service.cancel(run.parameters["order_id"])
+            except InvalidTransition as refused:
+                log.info("cancel of flow run %s: %s", run.name, refused)
 
 
 async def run_executor(container: Container, stop: asyncio.Event) -> None:
@@ -272,14 +313,25 @@ async def run_executor(container: Container, stop: asyncio.Event) -> None:
     logging.getLogger("prefect.flow_runs").addFilter(CancelledIsNoError())
     api = {PREFECT_API_URL: container.settings.prefect_api_url}
     with temporary_settings(api):
-        # One API client for the executor and every flow and task run it executes: Prefect reuses the client
-        # of an enclosing context instead of opening (and building a TLS context for) one per run.
-        async with AsyncClientContext(httpx_settings={"event_hooks": {"request": [count_api_call]}}) as context:
+        async with counted_client() as client:
             # The flow-run heartbeat only matters to detect a dead runner; the order claims do that here. Naming
             # the result storage spares each run a lookup of the server's default through the API.
             with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
                                      PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK: await result_storage_block()}):
-                await Executor(container, context.client).run(stop)
+                await Executor(container, client).run(stop)
+
+
+@contextlib.asynccontextmanager
+async def counted_client() -> AsyncIterator[PrefectClient]:
+    """One API client for the executor and every flow and task run it executes, its calls counted.
+
+    Prefect's engines reuse the client of the enclosing `AsyncClientContext` and otherwise open one per flow and
+    task run, each building a TLS context (a third of the executor's CPU when that happened). They reuse it only
+    if it was made without `httpx_settings`, so the counting hook goes on the httpx client inside it afterwards
+    (`PrefectClient._client`, a private attribute: tests/integration/test_executor.py fails if it moves)."""
+    async with AsyncClientContext() as context:
+        context.client._client.event_hooks["request"].append(count_api_call)
+        yield context.client
 
 
 async def serve() -> None:

@@ -20,6 +20,7 @@ ORDER = """query($id: ID!) { order(id: $id) { status failureReason manualInterve
 CANCEL = """mutation($id: ID!) { cancelOrder(id: $id) { __typename
   ... on OrderCancellationRequested { order { status } } ... on CancellationTooLateError { willEndAs } } }"""
 TERMINAL = ("completed", "failed", "cancelled")
+PAUSE_SEEN_S = 4  # executors re-read the pool and the deployments every 3 s
 
 
 @pytest.fixture
@@ -121,6 +122,7 @@ def test_cancel_once_the_shipment_has_begun_answers_too_late_and_the_order_compl
 def test_cancel_of_a_run_no_executor_has_picked_up_cancels_the_order(chaos_stack, downstream, ui):
     ui.pause_pool("order-saga")
     try:
+        time.sleep(PAUSE_SEEN_S)
         order_id = chaos_stack.post_order(order_of_items("cancel-waiting"))["id"]
         run_id = flow_run_id(chaos_stack, order_id)
         assert ui.cancel(run_id)["state"]["type"] == "CANCELLED"  # Prefect cancels a run with no infrastructure

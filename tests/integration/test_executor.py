@@ -13,13 +13,14 @@ from decimal import Decimal
 
 import httpx
 import pytest
-from prefect.settings import PREFECT_HOME, temporary_settings
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
 from deployments import worker
 from deployments.worker import run_executor
 from fulfillment.bootstrap import bootstrap
 from fulfillment.domain import OrderStatus, Step, TransientFault
-from fulfillment.telemetry import PARKED_JOBS
+from fulfillment.telemetry import PARKED_JOBS, PREFECT_API_CALLS
 from tests.e2e.prefect_ui import PrefectUI
 
 pytestmark = pytest.mark.timeout(120)
@@ -174,6 +175,15 @@ def test_a_cancelled_run_is_logged_as_the_outcome_it_is_not_as_an_error():
     failed = logging.LogRecord("prefect.flow_runs", logging.ERROR, __file__, 1, "Finished in state Failed()", None,
                                None)
     assert worker.CancelledIsNoError().filter(failed) and failed.levelno == logging.ERROR
+
+
+async def test_every_run_shares_the_executors_one_counted_api_client(settings):
+    with temporary_settings({PREFECT_API_URL: settings.prefect_api_url}):
+        async with worker.counted_client() as client:
+            assert get_client() is client, "the engines would open a client (and a TLS context) per run"
+            before = PREFECT_API_CALLS.labels("GET hello")._value.get()
+            await client.hello()
+    assert PREFECT_API_CALLS.labels("GET hello")._value.get() == before + 1
 
 
 class InventoryDown:
