@@ -477,8 +477,11 @@ def api_calls_section(calls: dict[str, float]) -> str:
 
 What the executors asked of the Prefect API during the burst, per saga (`order_saga_prefect_api_calls_total`
 in `/metrics`, by method and route; the flow run's and task runs' events go over the events websocket and are
-not counted). Since the executor became a worker of the work pool, a saga also costs its claim (`Pending`)
-and a share of the pool polls, heartbeats and pause checks; the dispatcher creates the run as before.
+not counted). Since the executor became a worker of the work pool, a saga also costs a share of the pool
+polls, heartbeats, and pause and cancellation checks. A run its executor can take at once is created already
+`Pending` (claimed by its creation); any other run is claimed by a `Pending` proposal, one `set_state` more.
+An artifact (`POST artifacts/`) is written only for a saga that did not simply complete; the first wave wrote
+one for every saga, which its count below does not show.
 
 | route | calls per saga |
 |---|---|
