@@ -4,12 +4,13 @@ a pool or deployment that exists is kept as the operator left it (a paused one s
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import yaml
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import WorkPoolCreate
-from prefect.client.schemas.objects import WorkPool
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, WorkPool
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.filesystems import LocalFileSystem
 from prefect.flows import Flow, load_flow_from_entrypoint
@@ -43,19 +44,29 @@ async def ensure_work_pool(client: PrefectClient, name: str) -> WorkPool:
 
 async def register_deployments(client: PrefectClient, work_pool: str,
                                path: Path = PREFECT_YAML) -> dict[str, tuple[UUID, Flow]]:
-    """Creates or updates each declared deployment in `work_pool`; returns its id and flow by deployment name."""
+    """Creates or updates each declared deployment in `work_pool`; returns its id and flow by deployment name.
+
+    What an operator sets in the UI is kept: an executor (re)starting must not resume a paused deployment or
+    lift its concurrency limit."""
     registered = {}
     for spec in yaml.safe_load(path.read_text())["deployments"]:
         flow = load_flow_from_entrypoint(str(path.parent / spec["entrypoint"]))
         deployment = await flow.ato_deployment(name=spec["name"], description=spec.get("description"),
                                                tags=spec.get("tags"), work_pool_name=work_pool,
-                                               paused=await _paused(client, f"{flow.name}/{spec['name']}"))
+                                               **await _operator_settings(client, f"{flow.name}/{spec['name']}"))
         registered[spec["name"]] = (await deployment.apply(), flow)
     return registered
 
 
-async def _paused(client: PrefectClient, full_name: str) -> bool:
+async def _operator_settings(client: PrefectClient, full_name: str) -> dict[str, Any]:
     try:
-        return bool((await client.read_deployment_by_name(full_name)).paused)
+        existing = await client.read_deployment_by_name(full_name)
     except ObjectNotFound:
-        return False
+        return {"paused": False}
+    limit, options = existing.global_concurrency_limit, existing.concurrency_options
+    if limit is None:
+        return {"paused": bool(existing.paused)}
+    config = ConcurrencyLimitConfig(limit=limit.limit, **({
+        "collision_strategy": options.collision_strategy, "grace_period_seconds": options.grace_period_seconds,
+    } if options else {}))
+    return {"paused": bool(existing.paused), "concurrency_limit": config}

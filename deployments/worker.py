@@ -143,7 +143,7 @@ class SagaWorker:
         """The pool's runs that are due, at most `limit`: the same endpoint as the client's
         `get_scheduled_flow_runs_for_work_pool`, with the endpoint's `limit`, which that method does not pass.
         Without it every poll of a backlog returns (and the server serialises, and this process parses) every
-        waiting run: in a burst of 150 that tripled the CPU each saga cost."""
+        waiting run."""
         response = await self._client.request(
             "POST", "/work_pools/{name}/get_scheduled_flow_runs", path_params={"name": self._pool},
             json={"scheduled_before": datetime.now(UTC).isoformat(), "limit": limit})
@@ -195,7 +195,7 @@ class SagaWorker:
                 deployments = [await self._client.read_deployment(deployment_id) for deployment_id in self._flows]
                 self._paused = {deployment.id for deployment in deployments if deployment.paused}
                 self._restricted = self._paused | {deployment.id for deployment in deployments
-                                                   if deployment.concurrency_limit or deployment.global_concurrency_limit}
+                                                   if deployment.global_concurrency_limit}
                 pool = await self._client.read_work_pool(self._pool)
                 self._pool_unrestricted = not pool.is_paused and pool.concurrency_limit is None
             except Exception:  # noqa: BLE001 - keep the last known pauses

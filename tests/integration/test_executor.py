@@ -228,24 +228,60 @@ async def test_a_paused_deployment_keeps_its_runs_waiting_until_it_is_resumed(se
     assert done.status is OrderStatus.COMPLETED
 
 
-async def test_the_work_pools_concurrency_limit_holds_runs_back(settings, ui):
-    pool = f"{ui.api}/work_pools/{settings.work_pool}"
+async def most_claimed_at_once(services, count: int, seconds: float = 5) -> int:
+    """Places `count` orders of a slow saga and watches for `seconds` how many are being run at once."""
+    orders = [await place(services, {"customerId": "c1", "items": [
+        {"productId": "p-limit", "productName": "Thing", "quantity": 1, "unitPrice": Decimal("5")}]})
+        for _ in range(count)]
+    claimed_at_once = []
+    for _ in range(int(seconds / 0.05)):
+        now = await services.orders.get_many([o.id for o in orders])
+        claimed_at_once.append(sum(1 for o in now if o.claim is not None))
+        await asyncio.sleep(0.05)
+    return max(claimed_at_once)
+
+
+@pytest.mark.parametrize("limited", ["work_pools/{pool}", "deployments/name/order-saga/order-saga"],
+                         ids=["work-pool", "deployment"])
+async def test_a_concurrency_limit_of_the_pool_or_the_deployment_holds_runs_back(settings, ui, limited):
     probe = bootstrap(settings)
+    started, target = datetime.now(UTC), None
     try:
         async with executor(settings, payments=SlowPayments(probe.payments, 1)) as services:
-            await until(lambda: asyncio.to_thread(lambda: httpx.get(pool).status_code == 200))
-            await asyncio.to_thread(lambda: httpx.patch(pool, json={"concurrency_limit": 1}).raise_for_status())
-            orders = [await place(services, {"customerId": "c1", "items": [
-                {"productId": "p-limit", "productName": "Thing", "quantity": 1, "unitPrice": Decimal("5")}]})
-                for _ in range(3)]
-            claimed_at_once = []
-            while True:
-                now = await services.orders.get_many([o.id for o in orders])
-                claimed_at_once.append(sum(1 for o in now if o.claim is not None))
-                if all(o.status.is_terminal for o in now):
-                    break
-                await asyncio.sleep(0.05)
+            await until(lambda: asyncio.to_thread(_registered_since, ui.api, started))
+            target = await until(lambda: asyncio.to_thread(_limit_target, ui.api, limited, settings.work_pool))
+            await asyncio.to_thread(lambda: httpx.patch(target, json={"concurrency_limit": 1}).raise_for_status())
+            await asyncio.sleep(4)  # the executor re-reads the pool and the deployments every 3 s
+            most = await most_claimed_at_once(services, 3)
     finally:
-        httpx.patch(pool, json={"concurrency_limit": None}).raise_for_status()
+        if target:
+            httpx.patch(target, json={"concurrency_limit": None}).raise_for_status()
         await probe.aclose()
-    assert max(claimed_at_once) == 1
+    assert most == 1
+
+
+def _registered_since(api: str, started: datetime) -> bool:
+    """The executor has registered the deployments (which keeps a limit set before, but not one set during)."""
+    response = httpx.get(f"{api}/deployments/name/order-saga/order-saga")
+    return response.status_code == 200 and datetime.fromisoformat(response.json()["updated"]) > started
+
+
+def _limit_target(api: str, limited: str, pool: str) -> str | None:
+    response = httpx.get(f"{api}/{limited.format(pool=pool)}")
+    if response.status_code != 200:
+        return None
+    return f"{api}/work_pools/{pool}" if limited.startswith("work_pools") else f"{api}/deployments/{response.json()['id']}"
+
+
+async def test_an_executor_restarting_keeps_what_an_operator_set_on_a_deployment(settings, ui):
+    async with executor(settings):
+        pass  # the deployments exist
+    deployment = httpx.get(f"{ui.api}/deployments/name/order-saga/order-saga").json()["id"]
+    httpx.patch(f"{ui.api}/deployments/{deployment}", json={"concurrency_limit": 2, "paused": True}).raise_for_status()
+    try:
+        async with executor(settings):
+            pass  # an executor registers the deployments as it starts, whatever happens next
+        kept = httpx.get(f"{ui.api}/deployments/{deployment}").json()
+        assert kept["paused"] and kept["global_concurrency_limit"]["limit"] == 2
+    finally:
+        httpx.patch(f"{ui.api}/deployments/{deployment}", json={"concurrency_limit": None, "paused": False})
