@@ -16,7 +16,7 @@ import pytest
 import uvicorn
 from starlette.applications import Starlette
 
-from fulfillment.adapters.http_services import HttpInventory, HttpPayments, HttpShipping, UnexpectedResponse
+from fulfillment.adapters.http_services import UnexpectedResponse
 from fulfillment.adapters.sqlite_services import (
     EmbeddedServices,
     FaultInjector,
@@ -26,6 +26,7 @@ from fulfillment.adapters.sqlite_services import (
 )
 from fulfillment.domain import OrderItem, StepRefused, TransientFault
 from gateway.downstream import downstream_routes
+from tests.downstream_clients import Clients
 
 DEFAULT_STOCK = 100
 CREDIT_LIMIT = Decimal("5000.00")
@@ -48,23 +49,6 @@ class Embedded:
 
     def app(self) -> Starlette:
         return Starlette(routes=downstream_routes(self.inventory, self.payments, self.shipping))
-
-
-@dataclass
-class Clients:
-    inventory: HttpInventory
-    payments: HttpPayments
-    shipping: HttpShipping
-
-    @classmethod
-    def of(cls, server_url: str, timeout: float = 5.0) -> Clients:
-        return cls(HttpInventory(f"{server_url}/inventory", timeout=timeout),
-                   HttpPayments(f"{server_url}/payments", timeout=timeout),
-                   HttpShipping(f"{server_url}/shipping", timeout=timeout))
-
-    async def aclose(self) -> None:
-        for client in (self.inventory, self.payments, self.shipping):
-            await client.aclose()
 
 
 @asynccontextmanager
