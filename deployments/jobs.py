@@ -18,7 +18,7 @@ from uuid import UUID, uuid4
 
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import FlowRun, StateDetails, StateType
-from prefect.exceptions import Abort
+from prefect.exceptions import Abort, ObjectNotFound
 from prefect.states import AwaitingRetry, Cancelled, Completed, Crashed, Failed, Pending, State
 from prefect.utilities.engine import propose_state
 
@@ -111,8 +111,18 @@ class PrefectRuns:
             self._executor.offer(run)
         return run
 
-    async def read(self, flow_run_id: str) -> FlowRun:
-        return await self._client.read_flow_run(flow_run_id)
+    async def record(self, key: str, request: RunRequest, final: State) -> FlowRun:
+        """The job's one flow run, for a job that ended without running (an order cancelled while it waited):
+        created in its final state, so every order still has its run in the UI."""
+        return await self._client.create_flow_run_from_deployment(
+            self._deployments[request.deployment], parameters=request.parameters, name=request.name,
+            tags=list(request.tags), idempotency_key=key, state=final)
+
+    async def read(self, flow_run_id: str) -> FlowRun | None:
+        try:
+            return await self._client.read_flow_run(flow_run_id)
+        except ObjectNotFound:
+            return None
 
     async def propose(self, run: FlowRun, state: State) -> None:
         try:
@@ -164,11 +174,16 @@ class SagaJobs:
             order = await self._orders.get(job.key)
         except OrderNotFound:
             return None
-        if order.flow_run_id is None:
+        run = await self._runs.read(order.flow_run_id) if order.flow_run_id else None
+        if run is None and order.status.is_terminal:  # cancelled before its run was made (or the run is gone)
+            run = await self._runs.record(order.id, self.run_request(order), mirrored_state(order))
+            await self._orders.update(order.id, lambda o: o.attach_flow_run(str(run.id)))
+            await self._announce(order)
+            return None
+        if run is None:  # not created yet, or gone from Prefect: one for the order now
             run = await self._runs.ensure(order.id, self.run_request(order))
             await self._orders.update(order.id, lambda o: o.attach_flow_run(str(run.id)))
             return self._look_again
-        run = await self._runs.read(order.flow_run_id)
         if run.state_type in (StateType.CANCELLING, StateType.CANCELLED):
             order = await self._cancel(order)
         if order.status.is_terminal:
@@ -190,12 +205,20 @@ class SagaJobs:
         except OrderNotFound:
             return
         if order.flow_run_id != flow_run_id:
+            await self._mirror_own_run(order)
             return
         if order.status.is_terminal:
             await self._announce(order)
             await self._outbox.done(order_id)
         elif order.needs_manual_intervention:
             await self._failures.order_failed(order)
+
+    async def _mirror_own_run(self, order: Order) -> None:
+        """Another run (a Quick run) finished the order: its own run, maybe waiting to be re-run, must not run
+        again (it would take the failed order for an operator's Retry); it ends as the order did."""
+        own = await self._runs.read(order.flow_run_id) if order.status.is_terminal and order.flow_run_id else None
+        if own is not None and own.state_type is not mirrored_state(order).type:
+            await self._runs.propose(own, mirrored_state(order))
 
     async def _announce(self, order: Order) -> None:
         """A failed order is announced before its entry goes: if announcing fails, the job is tried again."""

@@ -17,6 +17,7 @@ from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
 from deployments import worker
+from deployments.jobs import PrefectRuns, SagaJobs
 from deployments.worker import run_executor
 from fulfillment.bootstrap import bootstrap
 from fulfillment.domain import OrderStatus, Step, TransientFault
@@ -285,3 +286,40 @@ async def test_an_executor_restarting_keeps_what_an_operator_set_on_a_deployment
         assert kept["paused"] and kept["global_concurrency_limit"]["limit"] == 2
     finally:
         httpx.patch(f"{ui.api}/deployments/{deployment}", json={"concurrency_limit": None, "paused": False})
+
+
+class NoExecutor:
+    """The dispatcher's view of an executor that takes nothing: runs are created Scheduled and wait."""
+
+    def takes_now(self, deployment_id) -> bool:
+        return False
+
+    def start_claimed(self, run) -> None:
+        raise AssertionError("nothing is taken")
+
+    def offer(self, run) -> None:
+        pass
+
+
+async def test_a_run_waiting_to_re_run_an_order_another_run_finished_ends_as_the_order_did(settings, ui):
+    """A Quick run finished the order; the order's own run, waiting to be re-run, must not take the failed order
+    for an operator's Retry."""
+    async with executor(settings):
+        pass  # the deployments exist
+    services = bootstrap(settings)
+    with temporary_settings({PREFECT_API_URL: settings.prefect_api_url}):
+        async with get_client() as client:
+            deployment = (await client.read_deployment_by_name("order-saga/order-saga")).id
+            runs = PrefectRuns(client, {"order-saga": deployment}, NoExecutor())
+            jobs = SagaJobs(services.outbox, services.orders, services.failures, runs, max_attempts=10,
+                            claim_seconds=1)
+            order = await place(services, {"customerId": "c1", "items": [
+                {"productId": "hazmat-quick", "productName": "Thing", "quantity": 1, "unitPrice": Decimal("5")}]})
+            own = await runs.ensure(order.id, jobs.run_request(order))
+            await services.orders.update(order.id, lambda o: o.attach_flow_run(str(own.id)))
+            await runs.retry_later(own, timedelta(hours=1), "a compensation kept failing")
+            assert (await services.saga_runs.execute(order.id, "quick-run")).outcome.value == "failed"
+            await jobs.after_run(order.id, "quick-run")
+            mirrored = await client.read_flow_run(own.id)
+    await services.aclose()
+    assert mirrored.state_type.value == "FAILED"
