@@ -35,12 +35,6 @@ ACTIVE = frozenset({StateType.PENDING, StateType.RUNNING, StateType.CANCELLING})
 
 
 @dataclass(frozen=True)
-class Job:
-    key: str
-    attempts: int  # claims of the entry so far
-
-
-@dataclass(frozen=True)
 class RunRequest:
     """What the flow run of a job looks like when it is created."""
 
@@ -49,6 +43,13 @@ class RunRequest:
     parameters: dict[str, Any]
     tags: tuple[str, ...] = ()
     trace_parent: str | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    key: str
+    attempts: int  # claims of the entry so far
+    request: RunRequest | None = None  # its run, when the entry alone says what it is (an inventory event)
 
 
 class JobSource(Protocol):
@@ -98,13 +99,9 @@ class PrefectRuns:
         one (a second `create` returns the first run with the first state). That spares the server a `Pending`
         proposal per saga, a third of the state changes of a run. Otherwise it is created `Scheduled`, and the
         executors claim it by proposing `Pending`, which the server decides with every rule that applies."""
-        deployment_id = self._deployments[request.deployment]
         claim = Pending(state_details=StateDetails(transition_id=uuid4()))
-        take_now = self._executor.takes_now(deployment_id)
-        labels = {PREFECT_TRACEPARENT_LABEL: request.trace_parent} if request.trace_parent else None
-        run = await self._client.create_flow_run_from_deployment(
-            deployment_id, parameters=request.parameters, name=request.name, tags=list(request.tags),
-            idempotency_key=key, labels=labels, state=claim if take_now else None)
+        take_now = self._executor.takes_now(self._deployments[request.deployment])
+        run = await self._create(key, request, claim if take_now else None)
         if take_now and run.state and run.state.state_details.transition_id == claim.state_details.transition_id:
             self._executor.start_claimed(run)
         elif run.state_type is StateType.SCHEDULED:
@@ -114,9 +111,13 @@ class PrefectRuns:
     async def record(self, key: str, request: RunRequest, final: State) -> FlowRun:
         """The job's one flow run, for a job that ended without running (an order cancelled while it waited):
         created in its final state, so every order still has its run in the UI."""
+        return await self._create(key, request, final)
+
+    async def _create(self, key: str, request: RunRequest, state: State | None) -> FlowRun:
+        labels = {PREFECT_TRACEPARENT_LABEL: request.trace_parent} if request.trace_parent else None
         return await self._client.create_flow_run_from_deployment(
             self._deployments[request.deployment], parameters=request.parameters, name=request.name,
-            tags=list(request.tags), idempotency_key=key, state=final)
+            tags=list(request.tags), idempotency_key=key, labels=labels, state=state)
 
     async def read(self, flow_run_id: str) -> FlowRun | None:
         try:
@@ -139,6 +140,28 @@ class PrefectRuns:
     async def retry_later(self, run: FlowRun, delay: timedelta, why: str) -> None:
         await self.propose(run, AwaitingRetry(scheduled_time=datetime.now(UTC) + delay,
                                               message=f"{why}; run again in {delay.total_seconds():g}s"))
+
+    async def mirror(self, run: FlowRun, order: Order) -> None:
+        """Ends a run of a terminal order as the order ended, unless it already has."""
+        final = mirrored_state(order)
+        if run.state_type is not final.type:
+            await self.propose(run, final)
+
+    async def redrive(self, run: FlowRun, *, stalled: str, ended_early: str, max_attempts: int,
+                      look_again: timedelta) -> timedelta:
+        """A run its job still needs: taken over when it is active but its executor stopped (`stalled`), run
+        again with capped backoff when it ended early, parked after `max_attempts` runs. Returns when to look
+        again."""
+        if run.state_type in ACTIVE:
+            if run.state and run.state.timestamp and datetime.now(UTC) - run.state.timestamp < look_again:
+                return look_again  # just claimed by an executor that has not started it yet
+            await self.take_over(run, stalled)
+            return look_again
+        if run.run_count >= max_attempts:
+            return park(run, ended_early, max_attempts)
+        delay = backoff(run.run_count)
+        await self.retry_later(run, delay, ended_early)
+        return delay + look_again
 
 
 def mirrored_state(order: Order) -> State:
@@ -187,8 +210,7 @@ class SagaJobs:
         if run.state_type in (StateType.CANCELLING, StateType.CANCELLED):
             order = await self._cancel(order)
         if order.status.is_terminal:
-            if run.state_type is not mirrored_state(order).type:
-                await self._runs.propose(run, mirrored_state(order))
+            await self._runs.mirror(run, order)
             await self._announce(order)
             return None
         return await self._drive(order, run)
@@ -217,8 +239,8 @@ class SagaJobs:
         """Another run (a Quick run) finished the order: its own run, maybe waiting to be re-run, must not run
         again (it would take the failed order for an operator's Retry); it ends as the order did."""
         own = await self._runs.read(order.flow_run_id) if order.status.is_terminal and order.flow_run_id else None
-        if own is not None and own.state_type is not mirrored_state(order).type:
-            await self._runs.propose(own, mirrored_state(order))
+        if own is not None:
+            await self._runs.mirror(own, order)
 
     async def _announce(self, order: Order) -> None:
         """A failed order is announced before its entry goes: if announcing fails, the job is tried again."""
@@ -241,16 +263,9 @@ class SagaJobs:
             return self._look_again  # waiting for an executor (a paused pool or deployment keeps it waiting)
         if order.claim is not None and order.claim.expires_at > now:
             return order.claim.expires_at - now + timedelta(seconds=1)
-        if run.state_type in ACTIVE:
-            if run.state and run.state.timestamp and now - run.state.timestamp < self._look_again:
-                return self._look_again  # just claimed by an executor that has not claimed the order yet
-            await self._runs.take_over(run, f"its executor stopped renewing its claim on order {order.id}")
-            return self._look_again
-        if run.run_count >= self._max_attempts:
-            return park(run, report(order).message, self._max_attempts)
-        delay = backoff(run.run_count)
-        await self._runs.retry_later(run, delay, report(order).message)
-        return delay + self._look_again
+        return await self._runs.redrive(
+            run, stalled=f"its executor stopped renewing its claim on order {order.id}",
+            ended_early=report(order).message, max_attempts=self._max_attempts, look_again=self._look_again)
 
 
 def park(run: FlowRun, why: str, max_attempts: int) -> timedelta:
@@ -269,26 +284,22 @@ class InventoryEventJobs:
         self._inbox, self._runs = inbox, runs
         self._max_attempts = max_attempts
         self._look_again = timedelta(seconds=claim_seconds)
-        self._events: dict[str, RunRequest] = {}
 
     async def claim(self, worker_id: str, limit: int, lease: timedelta) -> list[Job]:
-        claimed = await self._inbox.claim(worker_id, limit=limit, lease=lease)
-        for event, _ in claimed:
-            self._events[event.event_id] = RunRequest(
-                self.deployment, f"inventory-{event.product_id}", {"event": _jsonable(asdict(event))},
-                (event.event_type,), event.trace_parent)
-        return [Job(event.event_id, attempts) for event, attempts in claimed]
+        return [Job(event.event_id, attempts, RunRequest(
+                    self.deployment, f"inventory-{event.product_id}", {"event": _jsonable(asdict(event))},
+                    (event.event_type,), event.trace_parent))
+                for event, attempts in await self._inbox.claim(worker_id, limit=limit, lease=lease)]
 
     async def release(self, worker_id: str, key: str, error: str, retry_in: timedelta) -> None:
-        self._events.pop(key, None)
         await self._inbox.release(worker_id, key, error=error, retry_in=retry_in)
 
     async def done(self, key: str) -> None:
-        self._events.pop(key, None)
         await self._inbox.done(key)
 
     async def reconcile(self, job: Job) -> timedelta | None:
-        run = await self._runs.ensure(job.key, self._events[job.key])
+        assert job.request is not None, "claimed events carry their run"
+        run = await self._runs.ensure(job.key, job.request)
         state = run.state_type
         if state is StateType.COMPLETED:
             return None
@@ -297,16 +308,11 @@ class InventoryEventJobs:
             return None
         if state is StateType.SCHEDULED:
             return self._look_again
-        if state in ACTIVE:
-            if run.state and run.state.timestamp and datetime.now(UTC) - run.state.timestamp < self._look_again:
-                return self._look_again
-            await self._runs.take_over(run, f"its executor stopped while applying inventory event {job.key}")
-            return self._look_again
-        if run.run_count >= self._max_attempts:
-            return park(run, run.state.message if run.state else "failed", self._max_attempts)
-        delay = backoff(run.run_count)
-        await self._runs.retry_later(run, delay, f"inventory event {job.key} was not applied")
-        return delay + self._look_again
+        return await self._runs.redrive(
+            run, stalled=f"its executor stopped while applying inventory event {job.key}",
+            ended_early=f"inventory event {job.key} was not applied: {run.state.message if run.state else ''}",
+            max_attempts=self._max_attempts,
+            look_again=self._look_again)
 
     async def after_run(self, event_id: str, completed: bool) -> None:
         if completed:

@@ -118,7 +118,7 @@ class SagaWorker:
 
     async def _poll(self) -> bool:
         """Starts the pool's due runs this executor has room for; True if there were any."""
-        free = self._concurrency - len(self._in_flight)
+        free = self.free_slots()
         if free <= 0:
             return True
         try:
@@ -127,7 +127,7 @@ class SagaWorker:
             log.exception("could not poll the work pool", extra={"work_pool": self._pool})
             return False
         for run in scheduled:
-            if len(self._in_flight) >= self._concurrency:
+            if self.free_slots() <= 0:
                 break
             if self._runnable(run):
                 self._start(run)
