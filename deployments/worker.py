@@ -76,7 +76,8 @@ class SagaWorker:
         self._concurrency = concurrency
         self._after_run = after_run
         self._on_cancelling = on_cancelling
-        self._in_flight: dict[UUID, tuple[FlowRun, asyncio.Task[None]]] = {}
+        self._in_flight: dict[UUID, asyncio.Task[None]] = {}
+        self._cancelled: set[UUID] = set()  # in-flight runs whose cancellation was passed on already
         self._paused: set[UUID] = set()
         self._restricted: set[UUID] = set()  # paused, or with a concurrency limit the server must apply
         self._pool_unrestricted = False  # not paused, no concurrency limit: runs may be taken without a poll
@@ -137,7 +138,7 @@ class SagaWorker:
         return run.id not in self._in_flight and run.deployment_id in self._flows and run.deployment_id not in self._paused
 
     def _start(self, run: FlowRun, *, claimed: bool = False) -> None:
-        self._in_flight[run.id] = (run, asyncio.create_task(self._execute(run, claimed=claimed)))
+        self._in_flight[run.id] = asyncio.create_task(self._execute(run, claimed=claimed))
 
     async def _scheduled_runs(self, limit: int) -> list[FlowRun]:
         """The pool's runs that are due, at most `limit`: the same endpoint as the client's
@@ -165,6 +166,7 @@ class SagaWorker:
             log.exception("flow run could not run", extra={"flow_run": run.name, "flow_run_id": str(run.id)})
         finally:
             self._in_flight.pop(run.id, None)
+            self._cancelled.discard(run.id)
 
     async def _claim(self, run: FlowRun) -> bool:
         """Scheduled → Pending through the orchestration rules: only one executor's proposal is accepted, and a
@@ -214,14 +216,16 @@ class SagaWorker:
                     id=FlowRunFilterId(any_=list(self._in_flight)),
                     state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CANCELLING]))))
                 for run in cancelling:
-                    await self._on_cancelling(run)
+                    if run.id not in self._cancelled:
+                        await self._on_cancelling(run)
+                        self._cancelled.add(run.id)
             except Exception:  # noqa: BLE001 - try again at the next tick
                 log.warning("could not look for cancelled runs", exc_info=True)
 
     async def _drain(self) -> None:
         """On shutdown: let the runs in flight finish for a while, then stop them; the dispatcher of another
         executor (or of this one, restarted) resumes them, since every step is idempotent."""
-        tasks = [task for _, task in self._in_flight.values()]
+        tasks = list(self._in_flight.values())
         if not tasks:
             return
         log.info("waiting for flow runs in flight", extra={"count": len(tasks)})
