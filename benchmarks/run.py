@@ -35,6 +35,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.postgres import postgres_bin_dir, throwaway_postgres
+from fulfillment.domain import Actor
 from fulfillment.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +43,7 @@ PYTHON = sys.executable
 SEED = {"customerId": "cust-bench", "items": [
     {"productId": "prod-100", "productName": "Wireless Headphones", "quantity": 1, "unitPrice": 49.99},
     {"productId": "prod-200", "productName": "USB-C Cable", "quantity": 1, "unitPrice": 9.99}]}
+BENCH = Actor.trusted("bench")
 STEADY_RATE, STEADY_SECONDS = 2.0, 20
 BURST = 150
 POSTGRES_BURST = 200
@@ -77,7 +79,7 @@ def limit_leg(work: Path) -> dict:
 
     async def run() -> float:
         container = bootstrap(Settings(data_dir=work / "limit", default_stock=10**9))
-        orders = [await container.order_service.place(SEED, source="bench") for _ in range(LIMIT_LEG_ORDERS)]
+        orders = [await container.order_service.place(SEED, source="bench", actor=BENCH) for _ in range(LIMIT_LEG_ORDERS)]
         gate = asyncio.Semaphore(8)
 
         async def one(order_id: str) -> None:
@@ -296,7 +298,7 @@ async def _default_leg(data_dir: Path) -> dict:
     accepted = []
     for _ in range(DEFAULT_LEG_ORDERS):
         sent = time.perf_counter()
-        order = await container.order_service.place(SEED, source="bench")
+        order = await container.order_service.place(SEED, source="bench", actor=BENCH)
         await run_deployment("order-saga/order-saga-default", parameters={"order_id": order.id}, timeout=0)
         accepted.append((order.id, time.perf_counter() - sent))
     await container.aclose()
@@ -350,7 +352,7 @@ def graphql_execution_us(work: Path) -> dict[str, float]:
 
     async def measure() -> dict[str, float]:
         container = bootstrap(Settings(data_dir=work / "graphql"))
-        order = await container.order_service.place(SEED, source="bench")
+        order = await container.order_service.place(SEED, source="bench", actor=BENCH)
         schema, timings = create_schema(8), {}
         for name, document in (("{ __typename }", '{"query": "{ __typename }"}'),
                                ("order(id)", GRAPHQL_ORDER % order.id)):

@@ -49,7 +49,7 @@ from deployments.prefect_patches import skip_suspension_observers
 from deployments.registration import ensure_work_pool, register_deployments, result_storage_block
 from flows import runtime
 from fulfillment.bootstrap import Container, bootstrap
-from fulfillment.domain import InvalidTransition
+from fulfillment.domain import Actor, InvalidTransition
 from fulfillment.logs import configure_logging
 from fulfillment.settings import load_dotenv_file
 from fulfillment.telemetry import PREFECT_API_CALLS, configure_tracing, shutdown_tracing
@@ -62,6 +62,7 @@ CANCEL_CHECK = timedelta(seconds=1)
 IDLE_POLL = timedelta(seconds=2)
 BUSY_POLL = timedelta(seconds=0.25)  # while the pool has a backlog: batches of runs, not a poll per run
 SHUTDOWN_GRACE = timedelta(seconds=10)
+OPERATOR = Actor.trusted("prefect-ui")  # whoever may cancel a run in Prefect may cancel its order
 AfterRun = Callable[[FlowRun, State], Awaitable[None]]
 OnCancelling = Callable[[FlowRun], Awaitable[None]]
 
@@ -305,7 +306,7 @@ class Executor:
     async def _on_cancelling(self, run: FlowRun) -> None:
         if run.deployment_id == self._saga_deployment and run.parameters.get("order_id"):
             try:
-                await self._container.order_service.cancel(run.parameters["order_id"])
+                await self._container.order_service.cancel(run.parameters["order_id"], actor=OPERATOR)
             except InvalidTransition as refused:
                 log.info("cancel of flow run %s: %s", run.name, refused)
 

@@ -21,14 +21,30 @@ class Page:
     next_cursor: str | None  # opaque; None on the last page
 
 
+@dataclass(frozen=True)
+class IdempotencyKey:
+    """A caller's idempotency key (a client's `Idempotency-Key`, a message id, an event id) within its `scope`
+    (the caller, or the entry point), the fingerprint of the request it came with, and until when it is kept."""
+
+    scope: str
+    key: str
+    fingerprint: str
+    expires_at: datetime
+
+    @property
+    def scoped(self) -> str:
+        return f"{self.scope}:{self.key}"
+
+
 class OrderRepository(Protocol):
     """Orders with their saga state. Adding an order also enqueues its saga (see `SagaOutbox`)."""
 
-    async def add(self, order: Order, *, idempotency_key: str | None = None) -> Order:
+    async def add(self, order: Order, *, idempotency: IdempotencyKey | None = None) -> Order:
         """Stores `order` and enqueues its saga in one atomic write.
 
-        With an `idempotency_key` already seen (e.g. a redelivered message id), nothing is written and the
-        order stored the first time is returned.
+        With an idempotency key already seen and not expired (a client's retry, a redelivered message), nothing
+        is written: the order stored the first time is returned, or `IdempotencyKeyReused` raised when the key
+        came then with another request (another fingerprint).
         """
         ...
 
@@ -231,7 +247,9 @@ class FlowRunInfo:
 class SagaMonitor(Protocol):
     """Reads what the orchestrator knows of a saga run (for the GraphQL `flowRun` field and readiness)."""
 
-    async def flow_run(self, flow_run_id: str) -> FlowRunInfo | None: ...
+    async def flow_runs(self, flow_run_ids: Sequence[str]) -> list[FlowRunInfo | None]:
+        """Each run in its id's place, None where the orchestrator has no such run (for a DataLoader)."""
+        ...
 
     async def is_reachable(self) -> bool: ...
 

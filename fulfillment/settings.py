@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
+from typing import Annotated
 
 from dotenv import load_dotenv
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIN_API_KEY_CHARS = 16
 
 
 def _option(default, name: str, **constraints):
@@ -82,6 +85,34 @@ class Settings(BaseSettings):
     graphiql: bool = _option(True, "OrderProcessing__GraphiQL")
     graphql_max_depth: int = _option(8, "OrderProcessing__GraphQLMaxDepth", ge=2)
     page_size_max: int = _option(100, "OrderProcessing__MaxPageSize", ge=1)
+    graphql_max_aliases: int = _option(15, "OrderProcessing__GraphQLMaxAliases", ge=1)
+    graphql_max_tokens: int = _option(2000, "OrderProcessing__GraphQLMaxTokens", ge=100)
+    graphql_max_mutations: int = _option(5, "OrderProcessing__GraphQLMaxMutations", ge=1)
+    idempotency_key_hours: float = _option(24, "OrderProcessing__IdempotencyKeyHours", gt=0)
+
+    # Security (contract §3a; README "Security")
+    api_keys: Annotated[list[str], NoDecode] = _option([], "OrderProcessing__ApiKeys")
+    jwt_issuer: str = _option("", "OrderProcessing__JwtIssuer")
+    jwt_audience: str = _option("", "OrderProcessing__JwtAudience")
+    jwt_jwks_url: str = _option("", "OrderProcessing__JwtJwksUrl")
+    jwt_customer_claim: str = _option("sub", "OrderProcessing__JwtCustomerClaim", min_length=1)
+    allow_anonymous: bool = _option(False, "OrderProcessing__AllowAnonymous")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        if isinstance(value, str):
+            value = [key.strip() for key in value.split(",") if key.strip()]
+        if any(len(key) < MIN_API_KEY_CHARS for key in value):
+            raise ValueError(f"every key must be at least {MIN_API_KEY_CHARS} characters long")
+        return value
+
+    @model_validator(mode="after")
+    def _tokens_have_an_audience(self):
+        if self.jwt_issuer and not self.jwt_audience:
+            raise ValueError("OrderProcessing__JwtAudience must be set with OrderProcessing__JwtIssuer: "
+                             "without it a token issued for any other application would be accepted")
+        return self
 
     @property
     def saga_timeout_seconds(self) -> float:

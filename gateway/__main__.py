@@ -8,6 +8,7 @@ from fulfillment.logs import configure_logging
 from fulfillment.settings import Settings, load_dotenv_file
 from fulfillment.telemetry import configure_tracing, shutdown_tracing
 from gateway.app import create_app
+from gateway.auth import refuse_open_exposure
 
 
 def main() -> None:
@@ -15,11 +16,12 @@ def main() -> None:
     configure_logging()
     configure_tracing("order-saga-gateway")
     settings = Settings()
+    refuse_open_exposure(settings)
     app = create_app(settings)
     gc.freeze()  # what start-up built lives as long as the process: keep it out of every later collection
     try:
         uvicorn.run(app, host=settings.gateway_host, port=settings.gateway_port, log_level="warning",
-                    access_log=False)
+                    access_log=False, ws_max_size=settings.max_body_bytes)
     finally:
         shutdown_tracing()
 

@@ -11,12 +11,15 @@ from starlette.responses import JSONResponse
 from fulfillment.bootstrap import Container
 from fulfillment.domain import (
     ConcurrencyConflict,
+    Forbidden,
+    IdempotencyKeyReused,
     InvalidOrder,
     InvalidRequest,
     InvalidTransition,
     OrderNotFound,
     StoreUnavailable,
 )
+from gateway.auth import IssuerUnavailable, Unauthenticated
 
 log = logging.getLogger("gateway.errors")
 
@@ -45,6 +48,26 @@ async def invalid_request(request: Request, exc: InvalidRequest) -> JSONResponse
     return JSONResponse(_body(code, str(exc), errors=errors), status_code=400)
 
 
+async def unauthenticated(request: Request, exc: Unauthenticated) -> JSONResponse:
+    return JSONResponse(_body("unauthorized", str(exc)), status_code=401,
+                        headers={"WWW-Authenticate": exc.challenge})
+
+
+async def forbidden(request: Request, exc: Forbidden) -> JSONResponse:
+    return JSONResponse(_body("forbidden", str(exc)), status_code=403)
+
+
+async def issuer_unavailable(request: Request, exc: IssuerUnavailable) -> JSONResponse:
+    log.error("token issuer unavailable", extra={"path": request.url.path, "error": str(exc)})
+    return JSONResponse(_body("unavailable", "bearer tokens cannot be checked now, try again"), status_code=503,
+                        headers={"Retry-After": "5"})
+
+
+async def idempotency_key_reused(request: Request, exc: IdempotencyKeyReused) -> JSONResponse:
+    return JSONResponse(_body("idempotency_key_reused", f"Idempotency-Key {exc.key!r} was already used with a "
+                              "different body; send a new key for a new order"), status_code=422)
+
+
 async def not_found(request: Request, exc: OrderNotFound) -> JSONResponse:
     return JSONResponse(_body("not_found", str(exc)), status_code=404)
 
@@ -71,6 +94,10 @@ async def unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 exception_handlers = {
     ApiError: api_error,
+    Unauthenticated: unauthenticated,
+    IssuerUnavailable: issuer_unavailable,
+    Forbidden: forbidden,
+    IdempotencyKeyReused: idempotency_key_reused,
     InvalidRequest: invalid_request,
     OrderNotFound: not_found,
     InvalidTransition: conflict,

@@ -14,27 +14,32 @@ from starlette.routing import Route
 
 from fulfillment.domain import FieldError, InvalidRequest, Order
 from fulfillment.service.requests import decode_json
+from gateway.auth import caller
 from gateway.errors import ApiError, services
 
 JSON_TYPES = ("application/json", "application/cloudevents+json", "application/cloudevents-batch+json")
 
 
 async def create_order(request: Request) -> Response:
+    actor = await caller(request)
+    key = idempotency_key(request.headers.get("idempotency-key"), field="Idempotency-Key")
     payload = await read_json(request)
-    order = await services(request).order_service.place(payload, source="rest")
+    order = await services(request).order_service.place(payload, source="rest", actor=actor, idempotency_key=key)
     return JSONResponse(order_json(order), status_code=202, headers={"Location": f"/api/orders/{order.id}"})
 
 
 async def get_order(request: Request) -> Response:
+    actor = await caller(request)
     order_id = parse_order_id(request.path_params["id"])
-    return JSONResponse(order_json(await services(request).order_service.get(order_id)))
+    return JSONResponse(order_json(await services(request).order_service.get(order_id, actor=actor)))
 
 
 async def orders_by_customer(request: Request) -> Response:
+    actor = await caller(request)
     limit = _positive_int(request.query_params.get("limit"), "limit")
     try:
         page = await services(request).order_service.list_by_customer(
-            request.path_params["customerId"], first=limit, after=request.query_params.get("cursor"))
+            request.path_params["customerId"], actor=actor, first=limit, after=request.query_params.get("cursor"))
     except InvalidRequest as error:  # the store names the cursor `after` (GraphQL); here it is `?cursor=`
         raise InvalidRequest([FieldError("cursor" if e.field == "after" else e.field, e.message)
                               for e in error.errors]) from None
@@ -43,26 +48,18 @@ async def orders_by_customer(request: Request) -> Response:
 
 
 async def read_json(request: Request, *, wrong_media_type_status: int = 415) -> Any:
-    """The request body decoded as JSON, or the 413 / 415 / 400 that explains why not."""
+    """The request body decoded as JSON, or the 415 / 400 that explains why not."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type not in JSON_TYPES:
         raise ApiError(wrong_media_type_status, "unsupported_media_type",
                        f"send JSON with Content-Type: application/json, not {media_type or 'no content type'}")
-    limit = services(request).settings.max_body_bytes
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise _too_large(limit)
     try:
-        return decode_json(body)
+        return decode_json(await request.body())  # no larger than MaxBodyBytes: see gateway.limits
     except ValueError as error:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
 
 
+MAX_IDEMPOTENCY_KEY_CHARS = 255
 UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -74,6 +71,15 @@ def parse_order_id(raw: str) -> str:
         return str(uuid.UUID(raw))
     except ValueError:
         raise InvalidRequest([FieldError("id", f"must be a UUID, got {raw!r}")]) from None
+
+
+def idempotency_key(raw: str | None, *, field: str) -> str | None:
+    """A client's idempotency key as given (Stripe's rules: at most 255 characters), or None."""
+    if raw is None:
+        return None
+    if not (1 <= len(raw) <= MAX_IDEMPOTENCY_KEY_CHARS and raw.isascii() and raw.isprintable()):
+        raise InvalidRequest([FieldError(field, f"must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters")])
+    return raw
 
 
 def order_json(order: Order) -> dict[str, Any]:
@@ -112,10 +118,6 @@ def _positive_int(raw: str | None, name: str) -> int | None:
     if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
         raise InvalidRequest([FieldError(name, f"must be a whole number of 1 or more, got {raw!r}")])
     return int(raw)
-
-
-def _too_large(limit: int) -> ApiError:
-    return ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes")
 
 
 routes = [  # status polling first: it is the most frequent request

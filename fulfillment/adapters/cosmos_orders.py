@@ -7,7 +7,9 @@ Layout: one container, partition key `/id`, shared with the inventory-event inbo
   `sagaDispatch: {availableAt, claimedBy, attempts, lastError}`. The outbox entry lives on the order itself,
   so `add` is one create and no order can exist without its saga entry (Cosmos DB transactions cover one
   partition only, and an order and another document never share one under `/id`).
-- An idempotency record: `{id: "idempotency-<sha256 of the key>", type: "idempotencyKey", orderId}`.
+- An idempotency record: `{id: "idempotency-<sha256 of the scoped key>", type: "idempotencyKey", orderId,
+  fingerprint, expiresAt}`: the request's fingerprint, to refuse the key with another request, and the epoch
+  second after which the key may make a new order (the record is then replaced, ETag-conditionally).
 
 No lost updates: every write to an existing document is a replace conditional on the ETag it was read with;
 a 412 re-reads and re-applies the change. Saga updates, cancellations and outbox claims all write the order
@@ -33,6 +35,7 @@ import asyncio
 import base64
 import binascii
 import json
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import timedelta
@@ -52,8 +55,8 @@ from fulfillment.adapters.cosmos_common import (
 )
 from fulfillment.adapters.cosmos_leases import LeasedDocuments
 from fulfillment.adapters.documents import from_document, to_document
-from fulfillment.domain import FieldError, InvalidRequest, Order, OrderNotFound
-from fulfillment.ports import OutboxEntry, Page
+from fulfillment.domain import FieldError, IdempotencyKeyReused, InvalidRequest, Order, OrderNotFound
+from fulfillment.ports import IdempotencyKey, OutboxEntry, Page
 from fulfillment.settings import Settings
 
 ORDER = "order"
@@ -73,9 +76,9 @@ def create_cosmos_repository(settings: Settings) -> CosmosOrderRepository:
     return CosmosOrderRepository(cosmos_target(settings))
 
 
-def idempotency_record_id(idempotency_key: str) -> str:
+def idempotency_record_id(scoped_key: str) -> str:
     """The id of the record of an idempotency key (any string: see `hashed_id`)."""
-    return hashed_id("idempotency", idempotency_key)
+    return hashed_id("idempotency", scoped_key)
 
 
 class CosmosOrderRepository:
@@ -84,13 +87,13 @@ class CosmosOrderRepository:
 
     # --- OrderRepository -----------------------------------------------------------------------
 
-    async def add(self, order: Order, *, idempotency_key: str | None = None) -> Order:
+    async def add(self, order: Order, *, idempotency: IdempotencyKey | None = None) -> Order:
         with translated_errors("store an order"):
             container = await self._ready()
-            if idempotency_key is None:
+            if idempotency is None:
                 await container.create_item(_new_order_document(order))
                 return order
-            return await self._add_once(container, order, idempotency_key)
+            return await self._add_once(container, order, idempotency)
 
     async def get(self, order_id: str) -> Order:
         with translated_errors("read an order"):
@@ -158,13 +161,18 @@ class CosmosOrderRepository:
     async def _ready(self) -> ContainerProxy:
         return await self._container.ready()
 
-    async def _add_once(self, container: ContainerProxy, order: Order, idempotency_key: str) -> Order:
-        record = {"id": idempotency_record_id(idempotency_key), "type": IDEMPOTENCY_RECORD, "orderId": order.id}
+    async def _add_once(self, container: ContainerProxy, order: Order, idempotency: IdempotencyKey) -> Order:
+        record = {"id": idempotency_record_id(idempotency.scoped), "type": IDEMPOTENCY_RECORD, "orderId": order.id,
+                  "fingerprint": idempotency.fingerprint, "expiresAt": idempotency.expires_at.timestamp()}
         try:
             await container.create_item(record)
         except CosmosResourceExistsError:
-            record = await container.read_item(record["id"], partition_key=record["id"])
-            order = _renamed(order, record["orderId"])
+            kept = await rewrite(container, lambda: container.read_item(record["id"], partition_key=record["id"]),
+                                 lambda earlier: record if earlier.get("expiresAt", 0) <= time.time() else None,
+                                 name=f"idempotency record {record['id']}")
+            if kept["fingerprint"] != idempotency.fingerprint:
+                raise IdempotencyKeyReused(idempotency.key) from None
+            order = _renamed(order, kept["orderId"])
         try:
             await container.create_item(_new_order_document(order))
             return order

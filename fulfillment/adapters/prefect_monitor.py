@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+
 import httpx
 
 from fulfillment.ports import FlowRunInfo
+
+MAX_RUNS_PER_CALL = 200
 
 
 class PrefectMonitor:
@@ -12,16 +17,21 @@ class PrefectMonitor:
         self._api = httpx.AsyncClient(base_url=api_url.rstrip("/") + "/", timeout=timeout)
         self._ui_url = ui_url.rstrip("/")
 
-    async def flow_run(self, flow_run_id: str) -> FlowRunInfo | None:
+    async def flow_runs(self, flow_run_ids: Sequence[str]) -> list[FlowRunInfo | None]:
+        """One `flow_runs/filter` call per `MAX_RUNS_PER_CALL` runs (Prefect's default page limit)."""
+        chunks = [flow_run_ids[i:i + MAX_RUNS_PER_CALL] for i in range(0, len(flow_run_ids), MAX_RUNS_PER_CALL)]
+        return [run for found in await asyncio.gather(*map(self._flow_runs, chunks)) for run in found]
+
+    async def _flow_runs(self, flow_run_ids: Sequence[str]) -> list[FlowRunInfo | None]:
         try:
-            response = await self._api.get(f"flow_runs/{flow_run_id}")
-            if response.status_code == 404:
-                return None
+            response = await self._api.post("flow_runs/filter", json={
+                "flow_runs": {"id": {"any_": list(flow_run_ids)}}, "limit": len(flow_run_ids)})
             response.raise_for_status()
-            state = (response.json().get("state") or {}).get("name") or "UNKNOWN"
-        except (httpx.HTTPError, ValueError):  # Prefect down or answering nonsense: the run is still linked
-            state = "UNKNOWN"
-        return FlowRunInfo(id=flow_run_id, state=state, url=self.url(flow_run_id))
+            states = {run["id"]: (run.get("state") or {}).get("name") or "UNKNOWN" for run in response.json()}
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):  # Prefect down or answering nonsense:
+            states = dict.fromkeys(flow_run_ids, "UNKNOWN")        # the runs are still linked
+        return [FlowRunInfo(id=run_id, state=states[run_id], url=self.url(run_id)) if run_id in states else None
+                for run_id in flow_run_ids]
 
     def url(self, flow_run_id: str) -> str:
         return f"{self._ui_url}/runs/flow-run/{flow_run_id}"

@@ -29,13 +29,22 @@ from azure.servicebus.amqp import AmqpMessageBodyType
 from azure.servicebus.exceptions import MessageSizeExceededError, ServiceBusError
 from opentelemetry.trace import SpanKind
 
-from fulfillment.domain import InvalidOrder, InvalidRequest, Order, StoreUnavailable, TransientFault
+from fulfillment.domain import (
+    Actor,
+    IdempotencyKeyReused,
+    InvalidOrder,
+    InvalidRequest,
+    Order,
+    StoreUnavailable,
+    TransientFault,
+)
 from fulfillment.service import OrderService
 from fulfillment.service.requests import decode_json
 from fulfillment.settings import Settings
 from fulfillment.telemetry import DEAD_LETTERS, context_from_traceparent, tracer
 
 log = logging.getLogger("fulfillment.servicebus")
+QUEUE = Actor.trusted("servicebus")  # whoever may send to the queue is trusted; its message ids are one scope
 
 ClientFactory = Callable[[], contextlib.AbstractAsyncContextManager[ServiceBusClient]]
 """Opens a new client on each call, so that a listener can reconnect from scratch."""
@@ -97,6 +106,9 @@ def dead_letter_for(error: Exception) -> DeadLetter | None:
         case BodyNotJson():
             return DeadLetter("InvalidJson", f"The message body is not valid JSON ({error}). Send the JSON "
                               "object of POST /api/orders, UTF-8 encoded.")
+        case IdempotencyKeyReused():
+            return DeadLetter("ValidationFailed", f"Its message id was already used for another order body ({error}). "
+                              "Send a different order with a message id of its own.")
         case InvalidOrder():
             return DeadLetter("ValidationFailed", f"The order breaks the order rules: {error}. Correct these "
                               "fields and send the order again.")
@@ -192,8 +204,8 @@ class ServiceBusOrderListener:
         try:
             with tracer.start_as_current_span("servicebus message", kind=SpanKind.CONSUMER, context=_sender_trace(message),
                                               attributes={"messaging.message.id": str(message.message_id)}):
-                order = await self._orders.place(_order_payload(message), source="servicebus",
-                                                 idempotency_key=_idempotency_key(message))
+                order = await self._orders.place(_order_payload(message), source="servicebus", actor=QUEUE,
+                                                 idempotency_key=message.message_id or None)
         except Exception as error:  # every failure settles the message one way or another
             verdict = dead_letter_for(error)
             if verdict is None:
@@ -343,11 +355,6 @@ def _shorten(text: str) -> str:
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
-
-
-def _idempotency_key(message: ServiceBusReceivedMessage) -> str | None:
-    """The message id, so a redelivery yields the same order; namespaced apart from other entry points' keys."""
-    return f"servicebus:{message.message_id}" if message.message_id else None
 
 
 def _sender_trace(message: ServiceBusReceivedMessage):

@@ -14,17 +14,23 @@ from pathlib import Path
 from fulfillment.adapters.documents import from_document, to_document
 from fulfillment.adapters.sqlite_db import SqliteDatabase
 from fulfillment.adapters.sqlite_leases import LEASE_COLUMNS, LeasedQueue
-from fulfillment.domain import FieldError, InvalidRequest, Order, OrderNotFound
-from fulfillment.ports import OutboxEntry, Page
+from fulfillment.domain import FieldError, IdempotencyKeyReused, InvalidRequest, Order, OrderNotFound
+from fulfillment.ports import IdempotencyKey, OutboxEntry, Page
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
     id TEXT PRIMARY KEY,
     customer_id TEXT NOT NULL,
     created_at TEXT NOT NULL,
-    idempotency_key TEXT UNIQUE,
     document TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    order_id TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_by_expiry ON idempotency_keys (expires_at);
 CREATE INDEX IF NOT EXISTS orders_by_customer ON orders (customer_id, created_at DESC, id DESC);
 CREATE TABLE IF NOT EXISTS saga_outbox (order_id TEXT PRIMARY KEY REFERENCES orders (id), {LEASE_COLUMNS});
 CREATE INDEX IF NOT EXISTS saga_outbox_available ON saga_outbox (available_at);
@@ -38,17 +44,16 @@ class SqliteOrderRepository:
 
     # --- OrderRepository -----------------------------------------------------------------------
 
-    async def add(self, order: Order, *, idempotency_key: str | None = None) -> Order:
+    async def add(self, order: Order, *, idempotency: IdempotencyKey | None = None) -> Order:
         def insert(db: sqlite3.Connection) -> Order:
-            if idempotency_key is not None:
-                row = db.execute("SELECT document FROM orders WHERE idempotency_key = ?",
-                                 (idempotency_key,)).fetchone()
-                if row is not None:
-                    return _order(row)
+            if idempotency is not None:
+                if (earlier := _keyed_order(db, idempotency)) is not None:
+                    return earlier
+                db.execute("INSERT OR REPLACE INTO idempotency_keys VALUES (?, ?, ?, ?)",
+                           (idempotency.scoped, idempotency.fingerprint, order.id, idempotency.expires_at.timestamp()))
             db.execute(
-                "INSERT INTO orders (id, customer_id, created_at, idempotency_key, document) VALUES (?, ?, ?, ?, ?)",
-                (order.id, order.customer_id, order.created_at.isoformat(), idempotency_key,
-                 json.dumps(to_document(order))),
+                "INSERT INTO orders (id, customer_id, created_at, document) VALUES (?, ?, ?, ?)",
+                (order.id, order.customer_id, order.created_at.isoformat(), json.dumps(to_document(order))),
             )
             db.execute("INSERT INTO saga_outbox (order_id, available_at) VALUES (?, ?)", (order.id, time.time()))
             return order
@@ -142,3 +147,15 @@ def _decode_cursor(cursor: str) -> tuple[str, str]:
         return str(created_at), str(order_id)
     except (ValueError, TypeError, binascii.Error):
         raise InvalidRequest([FieldError("after", "is not a cursor returned by this API")]) from None
+
+
+def _keyed_order(db: sqlite3.Connection, idempotency: IdempotencyKey) -> Order | None:
+    """The order an unexpired key made, after dropping the keys that have expired (this one among them)."""
+    db.execute("DELETE FROM idempotency_keys WHERE expires_at <= ?", (time.time(),))
+    row = db.execute("SELECT fingerprint, document FROM idempotency_keys JOIN orders ON orders.id = order_id "
+                     "WHERE key = ?", (idempotency.scoped,)).fetchone()
+    if row is None:
+        return None
+    if row["fingerprint"] != idempotency.fingerprint:
+        raise IdempotencyKeyReused(idempotency.key)
+    return _order(row)

@@ -1,8 +1,11 @@
+from fulfillment.domain.access import Actor
 from fulfillment.domain.errors import (
     CancellationTooLate,
     ConcurrencyConflict,
     DomainError,
     FieldError,
+    Forbidden,
+    IdempotencyKeyReused,
     InvalidOrder,
     InvalidRequest,
     InvalidTransition,
@@ -32,6 +35,9 @@ from fulfillment.domain.model import (
 )
 
 __all__ = [
+    "Actor",
+    "Forbidden",
+    "IdempotencyKeyReused",
     "PIVOT",
     "STEP_UNDONE_BY",
     "CancellationTooLate",

@@ -34,6 +34,18 @@ class OrderNotFound(DomainError):
         super().__init__(f"order {order_id} not found")
 
 
+class Forbidden(DomainError):
+    """A known caller acting outside its rights (another customer's orders)."""
+
+
+class IdempotencyKeyReused(DomainError):
+    """An idempotency key sent again with a different request: the first request's order is not this one."""
+
+    def __init__(self, key: str):
+        self.key = key
+        super().__init__(f"idempotency key {key!r} was already used with a different request")
+
+
 class InvalidTransition(DomainError):
     """The order's status does not allow what was asked (e.g. cancelling a completed order)."""
 

@@ -2,7 +2,8 @@
 
 Inventory events are recorded in the inbox, deduplicated by event id, and applied by the worker in an
 `inventory-event` flow run; `Orders.OrderSubmitted` places the order exactly as `POST /api/orders` does,
-with the event id as idempotency key, so a redelivered event yields the same order and one saga.
+with the event id as idempotency key, so a redelivered event yields the same order and one saga (and an id
+sent again with another order is a poison event).
 
 Every event carries its time: Event Grid schema requires `eventTime`, so an event without a valid one is
 refused; CloudEvents makes `time` optional, so an event without one takes its receipt time, and one with an
@@ -23,13 +24,14 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator
 
-from fulfillment.domain import FieldError, InvalidRequest
+from fulfillment.domain import Actor, FieldError, IdempotencyKeyReused, InvalidRequest
 from fulfillment.ports import Inventory, InventoryEvent, InventoryEventInbox, StockTurn
 from fulfillment.service.orders import OrderService
 from fulfillment.service.requests import parse
 from fulfillment.telemetry import LOW_STOCK_ALERTS, STALE_STOCK_EVENTS, current_traceparent
 
 log = logging.getLogger("fulfillment.events")
+WEBHOOK = Actor.trusted("eventgrid")  # a delivery is authenticated by the webhook key; its event ids are one scope
 
 MAX_STOCK = 1_000_000_000  # units of one product: any count beyond is a producer's bug, not a warehouse
 MAX_PRODUCT_ID_LENGTH = 200
@@ -139,11 +141,18 @@ class EventService:
             case EventType.STOCK_UPDATED | EventType.LOW_STOCK:
                 return await self._inventory(envelope)
             case EventType.ORDER_SUBMITTED:
-                await self._orders.place(envelope.data, source="eventgrid", idempotency_key=f"eventgrid:{envelope.id}")
-                return Outcome.ACCEPTED
+                return await self._place(envelope)
             case _:
                 log.warning("event type not handled", extra={"event_id": envelope.id, "event_type": envelope.type})
                 return Outcome.IGNORED
+
+    async def _place(self, envelope: Envelope) -> Outcome:
+        """An event id sent again with another order is a poison event, like any other it cannot process."""
+        try:
+            await self._orders.place(envelope.data, source="eventgrid", actor=WEBHOOK, idempotency_key=envelope.id)
+        except IdempotencyKeyReused as error:
+            raise InvalidRequest([FieldError("id", str(error))]) from None
+        return Outcome.ACCEPTED
 
     async def _inventory(self, envelope: Envelope) -> Outcome:
         level = parse(_LowStock if envelope.type == EventType.LOW_STOCK else _StockLevel, envelope.data, prefix="data")

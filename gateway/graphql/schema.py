@@ -12,12 +12,31 @@ from typing import Annotated
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import AddValidationRules, MaskErrors, ParserCache, QueryDepthLimiter, ValidationCache
+from strawberry.extensions import (
+    AddValidationRules,
+    MaskErrors,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    ValidationCache,
+)
 from strawberry.types import Info
 
-from fulfillment.domain import CancellationTooLate, InvalidRequest, InvalidTransition, OrderNotFound
+from fulfillment.domain import (
+    CancellationTooLate,
+    Forbidden,
+    IdempotencyKeyReused,
+    InvalidRequest,
+    InvalidTransition,
+    OrderNotFound,
+)
 from fulfillment.domain import FieldError as DomainFieldError
+from fulfillment.settings import Settings
+from gateway.auth import Unauthenticated
 from gateway.graphql.types import Order, OrderConnection, OrderEdge, OrderStatus, PageInfo, SagaState
+from gateway.limits import max_mutations
+from gateway.rest import idempotency_key as idempotency_key_of
 from gateway.rest import parse_order_id
 
 STATUS_POLL_SECONDS = 0.5
@@ -60,6 +79,17 @@ class NotFoundError:
     message: str
 
 
+@strawberry.type(description="The caller may not act for this customer: a customer acts on its own orders only.")
+class ForbiddenError:
+    message: str
+
+
+@strawberry.type(description="The idempotency key was sent before with a different order; nothing was stored.")
+class IdempotencyKeyReusedError:
+    idempotency_key: str
+    message: str
+
+
 @strawberry.type(description="The order's status does not allow this (e.g. it has already completed).")
 class InvalidStateError:
     message: str
@@ -77,9 +107,11 @@ class CancellationTooLateError:
     will_end_as: OrderStatus = strawberry.field(description="The status the order will end in instead.")
 
 
-CreateOrderResult = Annotated[OrderCreated | ValidationError, strawberry.union("CreateOrderResult")]
+CreateOrderResult = Annotated[OrderCreated | ValidationError | ForbiddenError | IdempotencyKeyReusedError,
+                              strawberry.union("CreateOrderResult")]
 CancelOrderResult = Annotated[
-    OrderCancellationRequested | CancellationTooLateError | NotFoundError | InvalidStateError | ValidationError,
+    OrderCancellationRequested | CancellationTooLateError | NotFoundError | InvalidStateError | ValidationError
+    | ForbiddenError,
     strawberry.union("CancelOrderResult"),
 ]
 
@@ -93,7 +125,14 @@ async def _load(info: Info, order_id: str) -> Order | None:
         order = await info.context.orders.load(parse_order_id(order_id))
     except InvalidRequest:
         return None
+    except Forbidden as error:
+        raise forbidden(error) from None
     return Order.from_domain(order) if order else None
+
+
+def forbidden(error: Forbidden) -> GraphQLError:
+    """The GraphQL error for a query outside the caller's rights (mutations answer a typed `ForbiddenError`)."""
+    return GraphQLError(str(error), extensions={"code": "FORBIDDEN"})
 
 
 @strawberry.type
@@ -107,7 +146,11 @@ class Query:
                                  after: str | None = None) -> OrderConnection:
         if first is not None and first < 1:
             raise InvalidRequest([DomainFieldError("first", f"must be 1 or more, got {first}")])
-        page = await info.context.container.order_service.list_by_customer(customer_id, first=first, after=after)
+        try:
+            page = await info.context.container.order_service.list_by_customer(
+                customer_id, actor=info.context.caller, first=first, after=after)
+        except Forbidden as error:
+            raise forbidden(error) from None
         return OrderConnection(
             edges=[OrderEdge(node=Order.from_domain(order)) for order in page.orders],
             page_info=PageInfo(has_next_page=page.next_cursor is not None, end_cursor=page.next_cursor),
@@ -121,25 +164,35 @@ class Query:
 
 @strawberry.type
 class Mutation:
-    @strawberry.mutation(description="Places an order and starts its saga.")
-    async def create_order(self, info: Info, input: CreateOrderInput) -> CreateOrderResult:
+    @strawberry.mutation(description="Places an order and starts its saga. The same `idempotencyKey` with the same "
+                                     "input answers the order it made; with another input, IdempotencyKeyReusedError.")
+    async def create_order(self, info: Info, input: CreateOrderInput,
+                           idempotency_key: str | None = None) -> CreateOrderResult:
         payload = {
             "customerId": input.customer_id,
             "items": [{"productId": i.product_id, "productName": i.product_name, "quantity": i.quantity,
                        "unitPrice": i.unit_price} for i in input.items],
         }
         try:
-            order = await info.context.container.order_service.place(payload, source="graphql")
+            key = idempotency_key_of(idempotency_key, field="idempotencyKey")
+            order = await info.context.container.order_service.place(
+                payload, source="graphql", actor=info.context.caller, idempotency_key=key)
         except InvalidRequest as error:
             return _validation_error(error)
+        except Forbidden as error:
+            return ForbiddenError(message=str(error))
+        except IdempotencyKeyReused as error:
+            return IdempotencyKeyReusedError(idempotency_key=error.key, message=str(error))
         return OrderCreated(order=Order.from_domain(order))
 
     @strawberry.mutation(description="Cancels an order that has not finished: its compensations run.")
     async def cancel_order(self, info: Info, id: strawberry.ID) -> CancelOrderResult:
         try:
-            order = await info.context.container.order_service.cancel(parse_order_id(id))
+            order = await info.context.container.order_service.cancel(parse_order_id(id), actor=info.context.caller)
         except InvalidRequest as error:
             return _validation_error(error)
+        except Forbidden as error:
+            return ForbiddenError(message=str(error))
         except OrderNotFound as error:
             return NotFoundError(id=id, message=str(error))
         except CancellationTooLate as error:
@@ -153,10 +206,13 @@ class Mutation:
 class Subscription:
     @strawberry.subscription(description="The order each time its status changes, until it is terminal.")
     async def order_status_changed(self, info: Info, id: strawberry.ID) -> AsyncGenerator[Order, None]:
-        service = info.context.container.order_service
+        service, actor = info.context.container.order_service, info.context.caller
         order_id, last = parse_order_id(id), None
         while True:
-            order = await service.get(order_id)
+            try:
+                order = await service.get(order_id, actor=actor)
+            except Forbidden as error:
+                raise forbidden(error) from None
             if order.status != last:
                 last = order.status
                 yield Order.from_domain(order)
@@ -165,16 +221,20 @@ class Subscription:
             await asyncio.sleep(STATUS_POLL_SECONDS)
 
 
-def create_schema(max_depth: int) -> strawberry.Schema:
-    # One depth rule for every request: the validation cache is keyed by the rules, so a rule made per
+def create_schema(settings: Settings) -> strawberry.Schema:
+    """The schema with the request limits of the settings: depth, aliases, tokens and mutations per request."""
+    # One set of rules for every request: the validation cache is keyed by the rules, so rules made per
     # request would never be found in it.
-    depth_limit = QueryDepthLimiter(max_depth=max_depth).validation_rules
+    rules = [*QueryDepthLimiter(max_depth=settings.graphql_max_depth).validation_rules,
+             *MaxAliasesLimiter(max_alias_count=settings.graphql_max_aliases).validation_rules,
+             max_mutations(settings.graphql_max_mutations)]
     return strawberry.Schema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
         extensions=[
-            lambda: AddValidationRules(depth_limit),
+            lambda: MaxTokensLimiter(max_token_count=settings.graphql_max_tokens),
+            lambda: AddValidationRules(rules),
             # Clients send the same few documents again and again: parse and validate each once.
             lambda: ParserCache(maxsize=QUERY_CACHE_SIZE),
             lambda: ValidationCache(maxsize=QUERY_CACHE_SIZE),
@@ -188,4 +248,4 @@ def _is_unexpected(error) -> bool:
     original = error.original_error
     while isinstance(original, GraphQLError):  # GraphQL's own, e.g. a variable of the wrong type
         original = original.original_error
-    return original is not None and not isinstance(original, InvalidRequest | OrderNotFound)
+    return original is not None and not isinstance(original, InvalidRequest | OrderNotFound | Unauthenticated)

@@ -98,7 +98,7 @@ class Order:
     async def flow_run(self, info: Info) -> FlowRun | None:
         if self.flow_run_id is None:
             return None
-        run = await info.context.container.monitor.flow_run(self.flow_run_id)
+        run = await info.context.flow_runs.load(self.flow_run_id)
         return FlowRun(id=strawberry.ID(run.id), state=run.state, url=run.url) if run else None
 
     @classmethod

@@ -20,7 +20,7 @@ from deployments import worker
 from deployments.jobs import PrefectRuns, SagaJobs
 from deployments.worker import run_executor
 from fulfillment.bootstrap import bootstrap
-from fulfillment.domain import OrderStatus, Step, TransientFault
+from fulfillment.domain import Actor, OrderStatus, Step, TransientFault
 from fulfillment.telemetry import PARKED_JOBS, PREFECT_API_CALLS
 from tests.e2e.prefect_ui import PrefectUI
 
@@ -70,7 +70,7 @@ def terminal(services, order_id):
 
 
 async def place(services, payload):
-    return await services.order_service.place(payload, source="test")
+    return await services.order_service.place(payload, source="test", actor=Actor.trusted("test"))
 
 
 class SlowPayments:

@@ -8,10 +8,11 @@ their own connections to one store, as the gateway and the worker processes shar
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -20,7 +21,15 @@ from azure.cosmos.aio import CosmosClient, DatabaseProxy
 
 from fulfillment.adapters.cosmos_orders import create_cosmos_repository, idempotency_record_id
 from fulfillment.adapters.sqlite_orders import SqliteOrderRepository
-from fulfillment.domain import InvalidRequest, InvalidTransition, OrderNotFound, OrderStatus, StoreUnavailable
+from fulfillment.domain import (
+    IdempotencyKeyReused,
+    InvalidRequest,
+    InvalidTransition,
+    OrderNotFound,
+    OrderStatus,
+    StoreUnavailable,
+)
+from fulfillment.ports import IdempotencyKey
 from fulfillment.service.requests import new_order, parse_create_order
 from fulfillment.settings import Settings
 from tests.cosmos_server.server import EMULATOR_KEY, CosmosServer
@@ -112,17 +121,39 @@ async def test_get_many_answers_in_the_asked_order_with_none_for_unknown_ids(rep
     assert [order and order.id for order in found] == [second, None, first]
 
 
+def keyed(key: str, fingerprint: str = "body-1", *, scope: str = "servicebus", lifetime_s: float = 3600):
+    return IdempotencyKey(scope, key, fingerprint, datetime.now(UTC) + timedelta(seconds=lifetime_s))
+
+
 async def test_the_same_idempotency_key_yields_the_first_order_and_one_saga(repository, seed_order):
-    first = await repository.add(an_order(seed_order), idempotency_key="message-1")
-    second = await repository.add(an_order(seed_order), idempotency_key="message-1")
-    other = await repository.add(an_order(seed_order), idempotency_key="message-2")
-    assert second.id == first.id != other.id
-    assert await repository.pending_count() == 2
+    first = await repository.add(an_order(seed_order), idempotency=keyed("message-1"))
+    second = await repository.add(an_order(seed_order), idempotency=keyed("message-1"))
+    other = await repository.add(an_order(seed_order), idempotency=keyed("message-2"))
+    elsewhere = await repository.add(an_order(seed_order), idempotency=keyed("message-1", scope="key:abc"))
+    assert second.id == first.id != other.id != elsewhere.id != first.id
+    assert await repository.pending_count() == 3
+
+
+async def test_a_key_sent_again_with_another_request_is_refused_and_stores_nothing(repository, seed_order):
+    first = await repository.add(an_order(seed_order), idempotency=keyed("message-1", "body-1"))
+    with pytest.raises(IdempotencyKeyReused) as refused:
+        await repository.add(an_order(seed_order), idempotency=keyed("message-1", "body-2"))
+    assert refused.value.key == "message-1"
+    assert await repository.pending_count() == 1
+    assert (await repository.add(an_order(seed_order), idempotency=keyed("message-1", "body-1"))).id == first.id
+
+
+async def test_an_expired_key_makes_a_new_order(repository, seed_order):
+    first = await repository.add(an_order(seed_order), idempotency=keyed("message-1", lifetime_s=0.2))
+    await asyncio.sleep(0.3)
+    again = await repository.add(an_order(seed_order), idempotency=keyed("message-1", "body-2"))
+    assert again.id != first.id
+    assert (await repository.add(an_order(seed_order), idempotency=keyed("message-1", "body-2"))).id == again.id
 
 
 async def test_concurrent_deliveries_of_one_message_store_one_order(open_repository, seed_order):
     one, two = open_repository(), open_repository()
-    stored = await asyncio.gather(*(repository.add(an_order(seed_order), idempotency_key="message-1")
+    stored = await asyncio.gather(*(repository.add(an_order(seed_order), idempotency=keyed("message-1"))
                                     for repository in [one, two] * 4))
     assert len({order.id for order in stored}) == 1
     assert await one.pending_count() == 1
@@ -273,12 +304,13 @@ async def test_a_redelivery_after_a_crash_between_the_key_and_the_order_stores_t
     order_id = str(uuid.uuid4())
     async with raw_database(cosmos_server, settings) as database:  # what the crashed first attempt left
         await database.get_container_client(settings.cosmos_container_name).create_item(
-            {"id": idempotency_record_id("message-1"), "type": "idempotencyKey", "orderId": order_id})
-    stored = await repository.add(an_order(seed_order), idempotency_key="message-1")
+            {"id": idempotency_record_id("servicebus:message-1"), "type": "idempotencyKey", "orderId": order_id,
+             "fingerprint": "body-1", "expiresAt": time.time() + 3600})
+    stored = await repository.add(an_order(seed_order), idempotency=keyed("message-1"))
     assert stored.id == order_id and (await repository.get(order_id)).id == order_id
     assert await repository.pending_count() == 1
     with pytest.raises(OrderNotFound):
-        await repository.get(idempotency_record_id("message-1"))  # a record is not an order
+        await repository.get(idempotency_record_id("servicebus:message-1"))  # a record is not an order
 
 
 async def test_racing_writers_really_conflict_and_reapply_their_changes(cosmos_server, open_cosmos, seed_order):

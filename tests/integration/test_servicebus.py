@@ -36,7 +36,8 @@ from fulfillment.adapters.servicebus import (
 )
 from fulfillment.adapters.sqlite_orders import SqliteOrderRepository
 from fulfillment.bootstrap import Container, bootstrap
-from fulfillment.domain import Order, OrderStatus, StoreUnavailable
+from fulfillment.domain import Actor, Order, OrderStatus, StoreUnavailable
+from fulfillment.ports import IdempotencyKey
 from fulfillment.settings import Settings
 from tests.conftest import SEED_ORDER
 from tests.servicebus_broker import LocalServiceBus
@@ -46,6 +47,7 @@ pytest_plugins = ["tests.servicebus_broker.fixtures"]
 
 on_module_loop = pytest.mark.asyncio(loop_scope="module")  # the loop of the module-scoped SDK clients
 ROOT = Path(__file__).resolve().parents[2]
+TRUSTED = Actor.trusted("test")
 
 BeforeAdd = Callable[[Order, int], Awaitable[None]]
 
@@ -58,10 +60,10 @@ class FaultyOrders:
         self._before_add = before_add
         self.add_calls = 0
 
-    async def add(self, order: Order, *, idempotency_key: str | None = None) -> Order:
+    async def add(self, order: Order, *, idempotency: IdempotencyKey | None = None) -> Order:
         self.add_calls += 1
         await self._before_add(order, self.add_calls)
-        return await self._real.add(order, idempotency_key=idempotency_key)
+        return await self._real.add(order, idempotency=idempotency)
 
     def __getattr__(self, name: str):
         return getattr(self._real, name)
@@ -86,7 +88,7 @@ def connect_to(servicebus: LocalServiceBus, settings: Settings) -> ClientFactory
 
 
 async def orders_of(container: Container, customer: str) -> list[Order]:
-    return (await container.order_service.list_by_customer(customer, first=100)).orders
+    return (await container.order_service.list_by_customer(customer, actor=TRUSTED, first=100)).orders
 
 
 @pytest_asyncio.fixture(loop_scope="module")
@@ -298,7 +300,7 @@ async def test_a_failed_saga_is_announced_on_order_failures(empty_servicebus, or
                                                            seed_order):
     container = make_container()
     seed_order["items"][0]["productId"] = "hazmat-001"
-    placed = await container.order_service.place(seed_order, source="test")
+    placed = await container.order_service.place(seed_order, source="test", actor=TRUSTED)
     await container.saga.run(placed.id)
     failed = await container.orders.get(placed.id)
     assert failed.status is OrderStatus.FAILED

@@ -11,6 +11,7 @@ import pytest
 
 from fulfillment.bootstrap import bootstrap
 from fulfillment.domain import (
+    Actor,
     CancellationTooLate,
     Compensation,
     LostClaim,
@@ -21,6 +22,8 @@ from fulfillment.domain import (
     TransientFault,
 )
 from fulfillment.service.saga_runs import RunOutcome
+
+TRUSTED = Actor.trusted("test")
 
 
 @pytest.fixture
@@ -44,7 +47,7 @@ def services(assemble):
 
 
 async def place(services, payload):
-    return await services.order_service.place(payload, source="test")
+    return await services.order_service.place(payload, source="test", actor=TRUSTED)
 
 
 def item(product_id="prod-100", quantity=2, price="49.99"):
@@ -156,7 +159,7 @@ async def test_a_shipment_whose_answer_is_lost_is_resolved_and_never_compensated
     assert result.status is OrderStatus.PAYMENT_PROCESSED and stored.saga.in_flight is Step.CREATE_SHIPMENT
     assert await kinds(services, order.id) == ["charge"] and await services.inventory.available("prod-100") == 98
     with pytest.raises(CancellationTooLate) as too_late:
-        await services.order_service.cancel(order.id)
+        await services.order_service.cancel(order.id, actor=TRUSTED)
     assert too_late.value.will_end_as == "completed"
     carrier.down = False
     result = await services.saga.run(order.id)
@@ -314,7 +317,7 @@ async def test_a_saga_resumed_after_a_crash_skips_completed_steps(services, seed
 
 async def test_cancelling_before_the_saga_starts_ends_cancelled_at_once(services, seed_order):
     order = await place(services, seed_order)
-    cancelled = await services.order_service.cancel(order.id)
+    cancelled = await services.order_service.cancel(order.id, actor=TRUSTED)
     assert cancelled.status is OrderStatus.CANCELLED
     result = await services.saga.run(order.id)
     assert result.status is OrderStatus.CANCELLED
@@ -336,7 +339,7 @@ Action = Step | Compensation
 
 async def test_cancelling_mid_saga_compensates_what_was_done(services, seed_order):
     order = await place(services, seed_order)
-    invoke = invoking_then(services, Step.PROCESS_PAYMENT, services.order_service.cancel)
+    invoke = invoking_then(services, Step.PROCESS_PAYMENT, lambda order_id: services.order_service.cancel(order_id, actor=TRUSTED))
     result = await services.saga.run(order.id, invoke=invoke)
     stored = await services.orders.get(order.id)
     assert result.status is OrderStatus.CANCELLED
@@ -350,7 +353,7 @@ async def test_cancelling_once_the_shipment_has_begun_is_too_late(services, seed
 
     async def cancel(order_id):
         with pytest.raises(CancellationTooLate) as raised:
-            await services.order_service.cancel(order_id)
+            await services.order_service.cancel(order_id, actor=TRUSTED)
         refusals.append(raised.value)
 
     async def invoke(action, order_id, token, budget):
@@ -385,7 +388,7 @@ async def test_a_cancellation_during_compensation_of_a_real_failure_is_too_late(
     async def invoke(action, order_id, token, budget):
         if isinstance(action, Compensation):
             with pytest.raises(CancellationTooLate) as raised:
-                await services.order_service.cancel(order_id)
+                await services.order_service.cancel(order_id, actor=TRUSTED)
             answers.append(raised.value.will_end_as)
         return await services.saga.direct(action, order_id, token, budget)
 
