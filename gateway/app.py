@@ -1,4 +1,4 @@
-"""The gateway app factory: REST shims, /graphql, health checks and the embedded downstream services."""
+"""The gateway app factory: REST shims, /graphql and health checks (the embedded services have their own port)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,13 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.routing import Route, WebSocketRoute
 from strawberry.asgi import GraphQL
 
 from fulfillment.bootstrap import bootstrap
 from fulfillment.settings import Settings
 from fulfillment.telemetry import tracing_configured
 from gateway import events, health, observability, rest
-from gateway.downstream import downstream_routes
 from gateway.errors import exception_handlers
 from gateway.graphql.context import Context
 from gateway.graphql.schema import create_schema
@@ -23,14 +22,6 @@ from gateway.graphql.schema import create_schema
 class GraphQLApp(GraphQL):
     async def get_context(self, request, response) -> Context:
         return Context(container=request.state.container)
-
-
-def embedded_services(settings: Settings, container) -> list[Mount]:
-    """The embedded inventory, payments and shipping over HTTP (docs/downstream-http.md), for demos and for
-    trying an HTTP client against them; not served once real services are configured."""
-    if settings.inventory_base_url or settings.payment_base_url or settings.shipping_base_url:
-        return []
-    return [Mount("/services", routes=downstream_routes(*container.embedded_services))]
 
 
 def create_app(settings: Settings | None = None, **overrides) -> Starlette:
@@ -55,7 +46,6 @@ def create_app(settings: Settings | None = None, **overrides) -> Starlette:
             *observability.routes,
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
-            *embedded_services(settings, container),
         ],
         middleware=[Middleware(observability.TracingMiddleware)] if tracing_configured() else [],
         exception_handlers=exception_handlers,
