@@ -107,7 +107,9 @@ class Stack:
         self.env = {**os.environ, "OrderProcessing__DataDir": str(self.data_dir),
                     "OrderProcessing__GatewayPort": str(self.gateway_port), "PREFECT_API_URL": self.prefect_api,
                     "PREFECT_UI_URL": f"http://127.0.0.1:{self.prefect_port}",
-                    "OrderProcessing__DefaultStock": str(10**9), **extra_env}
+                    "OrderProcessing__DefaultStock": str(10**9),
+                    "OrderProcessing__EmbeddedServicesPort": "0",  # unused here: the same processes as earlier runs
+                    **extra_env}
         self.log = work / "stack.log"
 
     def __enter__(self) -> Stack:

@@ -1,9 +1,11 @@
 """`order-saga up`: the whole stack on embedded defaults, its processes kept running and stopped cleanly together.
 
 1. the Prefect server (SQLite, UI) on the host and port of `PREFECT_API_URL`;
-2. the saga worker (`python -m deployments.worker`), once the server answers;
-3. the Service Bus listener, when a connection is configured;
-4. the gateway (`python -m gateway`).
+2. the embedded downstream services over HTTP (`python -m gateway.services_server`) on 127.0.0.1 only, unless
+   `EmbeddedServicesPort` is 0; served whether or not base URLs are set, so that they can point at it;
+3. the saga worker (`python -m deployments.worker`), once the server answers;
+4. the Service Bus listener, when a connection is configured;
+5. the gateway (`python -m gateway`).
 
 Once the stack is up, a process that exits is restarted after a back-off (1 s, doubling, at most 30 s; 1 s again
 once it has stayed up 60 s); a restarted server is waited for, as at start-up, before anything else is restarted.
@@ -27,7 +29,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from fulfillment.settings import Settings
+from fulfillment.settings import EMBEDDED_SERVICES_HOST, Settings
 
 READY_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 20
@@ -98,21 +100,31 @@ def stack_children(settings: Settings) -> list[Child]:
               "--host", api.hostname or "127.0.0.1", "--port", str(api.port or 4200)]
     listener = [sys.executable, "-m", "deployments.servicebus_listener"]
     gateway = f"http://{settings.gateway_host}:{settings.gateway_port}"
+    services = [sys.executable, "-m", "gateway.services_server"]
     return [
         Child("prefect server", server, f"{settings.prefect_api_url.rstrip('/')}/health", signal.SIGINT),
+        *([Child("embedded services", services, f"{services_url(settings)}/healthz")]
+          if settings.embedded_services_port else []),
         Child("worker", WORKER_COMMAND),
         *([Child("servicebus listener", listener)] if client_factory(settings, os.environ) is not None else []),
         Child("gateway", [sys.executable, "-m", "gateway"], f"{gateway}/healthz"),
     ]
 
 
+def services_url(settings: Settings) -> str:
+    """Where `gateway.services_server` serves the embedded services: loopback, whatever the gateway's host."""
+    return f"http://{EMBEDDED_SERVICES_HOST}:{settings.embedded_services_port}"
+
+
 def banner(settings: Settings) -> str:
     gateway = f"http://{settings.gateway_host}:{settings.gateway_port}"
+    services = (f"\n  services  {services_url(settings)}/inventory  /payments  /shipping  (loopback only)"
+                if settings.embedded_services_port else "")
     return f"""
 order-saga is up
   REST      {gateway}/api/orders
   GraphQL   {gateway}/graphql
-  health    {gateway}/healthz  {gateway}/readyz
+  health    {gateway}/healthz  {gateway}/readyz{services}
   Prefect   {settings.prefect_ui_url}  (saga runs are named order-<orderId>)
 Press Ctrl-C to stop."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from fulfillment.adapters.http_services import HttpInventory, HttpPayments, HttpShipping
@@ -49,8 +50,6 @@ class Container:
     saga_actions: SagaActions
     saga: OrderSaga
     saga_runs: SagaRuns
-    embedded_services: tuple[Inventory, Payments, Shipping]
-    """The embedded inventory, payments and shipping, which the gateway also serves over HTTP."""
     _closers: list
 
     async def aclose(self) -> None:
@@ -65,27 +64,43 @@ class Container:
             raise errors[0]
 
 
+@dataclass(frozen=True)
+class EmbeddedDownstream:
+    """The embedded inventory, payments and shipping (contract §8), over one SQLite file in the data directory."""
+
+    inventory: SqliteInventory
+    payments: SqlitePayments
+    shipping: SqliteShipping
+    aclose: Callable[[], Awaitable[None]]
+
+
+def embedded_downstream(settings: Settings) -> EmbeddedDownstream:
+    """The embedded services alone: what the saga calls when no base URL is set, and what
+    `gateway.services_server` serves over HTTP."""
+    store = EmbeddedServices(settings.data_dir / "services.db", FaultInjector(settings.transient_fault_rate))
+    return EmbeddedDownstream(SqliteInventory(store, settings.default_stock),
+                              SqlitePayments(store, settings.credit_limit), SqliteShipping(store), store.close)
+
+
 def bootstrap(settings: Settings | None = None, **overrides) -> Container:
     """Builds every adapter from `settings`; `overrides` replace single adapters (tests)."""
     settings = settings or Settings()
     orders = overrides.get("orders") or _order_store(settings)
-    embedded = EmbeddedServices(settings.data_dir / "services.db", FaultInjector(settings.transient_fault_rate))
-    closers = [orders.close, embedded.close]
+    embedded = embedded_downstream(settings)
+    closers = [orders.close, embedded.aclose]
 
-    def downstream(name, base_url, http_client, make_embedded):
+    def downstream(name, base_url, http_client, embedded_service):
         if name in overrides:
             return overrides[name]
         if base_url:
             client = http_client(base_url, timeout=settings.downstream_timeout_seconds)
             closers.append(client.aclose)
             return client
-        return make_embedded()
+        return embedded_service
 
-    inventory = downstream("inventory", settings.inventory_base_url, HttpInventory,
-                           lambda: SqliteInventory(embedded, settings.default_stock))
-    payments = downstream("payments", settings.payment_base_url, HttpPayments,
-                          lambda: SqlitePayments(embedded, settings.credit_limit))
-    shipping = downstream("shipping", settings.shipping_base_url, HttpShipping, lambda: SqliteShipping(embedded))
+    inventory = downstream("inventory", settings.inventory_base_url, HttpInventory, embedded.inventory)
+    payments = downstream("payments", settings.payment_base_url, HttpPayments, embedded.payments)
+    shipping = downstream("shipping", settings.shipping_base_url, HttpShipping, embedded.shipping)
     inventory_events = overrides.get("inventory_events") or _inventory_event_inbox(settings)
     closers.append(inventory_events.close)
     monitor = overrides.get("monitor") or PrefectMonitor(settings.prefect_api_url, settings.prefect_ui_url)
@@ -111,8 +126,6 @@ def bootstrap(settings: Settings | None = None, **overrides) -> Container:
         saga_actions=actions,
         saga=saga,
         saga_runs=SagaRuns(orders, saga),
-        embedded_services=(SqliteInventory(embedded, settings.default_stock),
-                           SqlitePayments(embedded, settings.credit_limit), SqliteShipping(embedded)),
         _closers=closers,
     )
 

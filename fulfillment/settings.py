@@ -16,6 +16,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_API_KEY_CHARS = 16
 
+EMBEDDED_SERVICES_HOST = "127.0.0.1"
+"""Not an option: the embedded services take no credentials, so they are served on loopback only (contract §3a)."""
+
 
 def _option(default, name: str, **constraints):
     return Field(default, validation_alias=name, **constraints)
@@ -43,6 +46,8 @@ class Settings(BaseSettings):
     default_stock: int = _option(100, "OrderProcessing__DefaultStock", ge=0)
     credit_limit: Decimal = _option(Decimal("5000.00"), "OrderProcessing__CreditLimit", ge=0)
     transient_fault_rate: float = _option(0.0, "OrderProcessing__TransientFaultRate", ge=0, lt=1)
+    # Their HTTP server (`python -m gateway.services_server`) on EMBEDDED_SERVICES_HOST; 0 = not served
+    embedded_services_port: int = _option(8001, "OrderProcessing__EmbeddedServicesPort", ge=0, le=65535)
 
     # Real downstream services over HTTP (docs/downstream-http.md); unset = the embedded ones
     inventory_base_url: str | None = _option(None, "InventoryService__BaseUrl")

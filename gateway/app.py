@@ -1,5 +1,5 @@
-"""The gateway app factory: REST shims, /graphql, health checks, each behind the request limits and the
-authentication of the settings."""
+"""The gateway app factory: REST shims, /graphql and health checks, each behind the request limits and the
+authentication of the settings (the embedded downstream services have a loopback port of their own)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import HTTPConnection
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.routing import Route, WebSocketRoute
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.types.unset import UNSET
@@ -20,7 +20,6 @@ from fulfillment.settings import Settings
 from fulfillment.telemetry import tracing_configured
 from gateway import events, health, observability, rest
 from gateway.auth import Authenticator, IssuerUnavailable, Unauthenticated, create_authenticator
-from gateway.downstream import downstream_routes
 from gateway.errors import exception_handlers
 from gateway.graphql.context import Context
 from gateway.graphql.schema import create_schema
@@ -62,14 +61,6 @@ class GraphQLApp(GraphQL):
         return Context(container=request.scope["state"]["container"], request=request, actor=actor)
 
 
-def embedded_services(settings: Settings, container) -> list[Mount]:
-    """The embedded inventory, payments and shipping over HTTP (docs/downstream-http.md), for demos and for
-    trying an HTTP client against them; not served once real services are configured."""
-    if settings.inventory_base_url or settings.payment_base_url or settings.shipping_base_url:
-        return []
-    return [Mount("/services", routes=downstream_routes(*container.embedded_services))]
-
-
 def create_app(settings: Settings | None = None, **overrides) -> Starlette:
     """`overrides` replace single adapters (see `bootstrap`); the services are closed when the app stops."""
     container = bootstrap(settings or Settings(), **overrides)
@@ -97,7 +88,6 @@ def create_app(settings: Settings | None = None, **overrides) -> Starlette:
             *observability.routes,
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
-            *embedded_services(settings, container),
         ],
         middleware=middleware,
         exception_handlers=exception_handlers,

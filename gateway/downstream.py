@@ -1,7 +1,8 @@
 """The HTTP contract of the downstream services (`docs/downstream-http.md`), served from any port implementations.
 
-Mounted over the embedded SQLite services, it is the real server the HTTP clients of
-`fulfillment.adapters.http_services` are tested against, and a reference for teams implementing the contract.
+Mounted over the embedded SQLite services (`create_services_app`, served on loopback by `gateway.services_server`),
+it is the real server the HTTP clients of `fulfillment.adapters.http_services` are tested against, what base URLs
+can point at locally, and a reference for teams implementing the contract.
 Errors are mapped here rather than in the app's exception handlers, so the routes behave the same in any app.
 Ids are matched with the `path` convertor, so an id holding a percent-encoded "/" still names one resource.
 """
@@ -10,21 +11,26 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import asdict
 from decimal import Decimal
 from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from fulfillment.bootstrap import embedded_downstream
 from fulfillment.domain import FieldError, InvalidRequest, OrderItem, StepRefused, StoreUnavailable, TransientFault
 from fulfillment.domain.model import CENT, MAX_ITEMS
 from fulfillment.ports import Inventory, Payments, Shipping
 from fulfillment.service.events import MAX_STOCK
 from fulfillment.service.requests import decode_json, parse
+from fulfillment.settings import Settings
+from gateway import health
 
 PLAIN_DECIMAL = re.compile(r"\d{1,15}(\.\d{1,15})?")
 Body = TypeVar("Body", bound=BaseModel)
@@ -81,6 +87,22 @@ class _Shipment(BaseModel):
     model_config = ConfigDict(strict=True, frozen=True)
     customerId: Text
     items: list[_Item] = Field(min_length=1, max_length=MAX_ITEMS)
+
+
+def create_services_app(settings: Settings) -> Starlette:
+    """The embedded services at `/inventory`, `/payments` and `/shipping`, and `/healthz`; closed when the app stops."""
+    embedded = embedded_downstream(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await embedded.aclose()
+
+    routes = [*downstream_routes(embedded.inventory, embedded.payments, embedded.shipping),
+              Route("/healthz", health.healthz)]
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
 def downstream_routes(inventory: Inventory, payments: Payments, shipping: Shipping) -> list[BaseRoute]:

@@ -34,6 +34,7 @@ WEBHOOK_KEY = "e2e-webhook-key"
 @dataclass
 class Stack:
     gateway: str
+    services: str  # the embedded services over HTTP, on their own loopback port
     prefect_api: str
     data_dir: Path
     log: Path
@@ -96,11 +97,12 @@ class OtlpCollector:
 
 
 def start_stack(data_dir: Path, log: Path, **environment: str) -> tuple[subprocess.Popen, Stack]:
-    prefect_port, gateway_port = free_port(), free_port()
+    prefect_port, gateway_port, services_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "OrderProcessing__DataDir": str(data_dir),
         "OrderProcessing__GatewayPort": str(gateway_port),
+        "OrderProcessing__EmbeddedServicesPort": str(services_port),
         "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
         "PREFECT_UI_URL": f"http://127.0.0.1:{prefect_port}",
         "EventGrid__WebhookKey": WEBHOOK_KEY,
@@ -109,7 +111,8 @@ def start_stack(data_dir: Path, log: Path, **environment: str) -> tuple[subproce
     with log.open("w") as output:
         process = subprocess.Popen(["make", "up"], cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
                                    start_new_session=True)
-    stack = Stack(f"http://127.0.0.1:{gateway_port}", env["PREFECT_API_URL"], data_dir, log, env)
+    stack = Stack(f"http://127.0.0.1:{gateway_port}", f"http://127.0.0.1:{env['OrderProcessing__EmbeddedServicesPort']}",
+                  env["PREFECT_API_URL"], data_dir, log, env)
     deadline = time.monotonic() + START_TIMEOUT_S
     while "order-saga is up" not in log.read_text():
         if process.poll() is not None or time.monotonic() > deadline:

@@ -36,7 +36,7 @@ def test_a_stock_update_lets_an_order_above_the_default_stock_complete(stack, pu
     publisher.send(EventGridEvent(subject="products/prod-restocked", event_type="Inventory.StockUpdated",
                                   data={"productId": "prod-restocked", "quantityAvailable": 500}, data_version="1"))
     deadline = time.monotonic() + 60
-    stock = f"{stack.gateway}/services/inventory/stock/prod-restocked"
+    stock = f"{stack.services}/inventory/stock/prod-restocked"
     while httpx.get(stock).json()["available"] != 500:
         assert time.monotonic() < deadline, "the stock update was not applied"
         time.sleep(0.2)
