@@ -20,6 +20,22 @@ SEED_ORDER = {
 }
 
 
+FIGURES: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def report_figure() -> Callable[[str], None]:
+    """Adds a line to the "figures" section printed at the end of the run (what a test measured)."""
+    return FIGURES.append
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if FIGURES:
+        terminalreporter.section("figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
+
+
 def in_the_stack(settings: Settings, work: Callable[[Container], Awaitable[object]]) -> object:
     """Runs `await work(container)` on a second container over the same data directory, as another process
     of the stack (the worker) would, from synchronous test code."""

@@ -352,12 +352,18 @@ class Order:
             raise InvalidTransition(f"order {self.id} is already {self.status}")
 
 
+def item_count_error(count: int) -> FieldError | None:
+    if 1 <= count <= MAX_ITEMS:
+        return None
+    return FieldError("items", f"must hold between 1 and {MAX_ITEMS} items, got {count}")
+
+
 def _order_errors(customer_id: str, items: list[OrderItem]) -> list[FieldError]:
     errors: list[FieldError] = []
     if not customer_id.strip():
         errors.append(FieldError("customerId", "must not be empty"))
-    if not 1 <= len(items) <= MAX_ITEMS:
-        errors.append(FieldError("items", f"must hold between 1 and {MAX_ITEMS} items, got {len(items)}"))
+    if error := item_count_error(len(items)):
+        errors.append(error)
     for index, item in enumerate(items[:MAX_ITEMS]):
         errors.extend(_item_errors(f"items[{index}]", item))
     return errors

@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError
 
 from fulfillment.domain import FieldError, InvalidOrder, InvalidRequest, Order, OrderItem
+from fulfillment.domain.model import MAX_ITEMS, item_count_error
 
 
 def _exact_number(value: Any) -> Decimal:
@@ -49,6 +50,9 @@ def decode_json(body: bytes | str) -> Any:
 def parse_create_order(payload: Any) -> CreateOrderRequest:
     """A request that lacks required fields but is otherwise well-formed breaks the rules (`InvalidOrder`), as
     the original design has it; wrong types or a non-object are no request at all (`InvalidRequest`)."""
+    items = payload.get("items") if isinstance(payload, dict) else None
+    if isinstance(items, list) and len(items) > MAX_ITEMS:  # refused before thousands of items are validated
+        raise InvalidOrder([item_count_error(len(items))])
     try:
         return parse(CreateOrderRequest, payload)
     except InvalidRequest as error:

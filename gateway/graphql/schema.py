@@ -35,12 +35,13 @@ from fulfillment.domain import FieldError as DomainFieldError
 from fulfillment.settings import Settings
 from gateway.auth import Unauthenticated
 from gateway.graphql.types import Order, OrderConnection, OrderEdge, OrderStatus, PageInfo, SagaState
-from gateway.limits import max_mutations
+from gateway.limits import MaxVariableListLength, max_mutations
 from gateway.rest import idempotency_key as idempotency_key_of
 from gateway.rest import parse_order_id
 
 STATUS_POLL_SECONDS = 0.5
 QUERY_CACHE_SIZE = 512
+MAX_VARIABLE_LIST = 500  # so 101 items still get the order rule's typed answer; coercing 500 takes ~40 ms
 
 
 @strawberry.input
@@ -238,6 +239,7 @@ def create_schema(settings: Settings) -> strawberry.Schema:
             # Clients send the same few documents again and again: parse and validate each once.
             lambda: ParserCache(maxsize=QUERY_CACHE_SIZE),
             lambda: ValidationCache(maxsize=QUERY_CACHE_SIZE),
+            lambda: MaxVariableListLength(MAX_VARIABLE_LIST),  # after the validation cache: it sets the errors it found
             lambda: MaskErrors(should_mask_error=_is_unexpected),
         ],
     )

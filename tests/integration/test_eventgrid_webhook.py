@@ -141,6 +141,21 @@ def test_an_order_submitted_event_places_the_order_once(publisher, gateway):
     assert len(orders) == 1 and orders[0]["totalAmount"] == 19.99 and orders[0]["status"] == "processing"
 
 
+def test_an_event_id_sent_again_with_another_order_is_a_poison_event_that_makes_nothing(client):
+    order = {"customerId": "cust-eg-reused", "items": [
+        {"productId": "prod-1", "productName": "Thing", "quantity": 1, "unitPrice": 19.99}]}
+    first = raw_event("order-event-1", "Orders.OrderSubmitted", order)
+    changed = raw_event("order-event-1", "Orders.OrderSubmitted", {**order, "customerId": "cust-eg-other"})
+    assert post_events(client, [first]).status_code == 200
+    refused = post_events(client, [changed])
+    assert refused.status_code == 400
+    (poison,) = refused.json()["events"]
+    assert poison["id"] == "order-event-1" and poison["fields"] == ["id"] and "different request" in poison["error"]
+    assert post_events(client, [first]).json() == {"outcomes": ["accepted"]}  # a redelivery is still one order
+    assert len(client.get("/api/orders/customer/cust-eg-reused").json()) == 1
+    assert client.get("/api/orders/customer/cust-eg-other").json() == []
+
+
 @pytest.mark.parametrize("credential", [None, "wrong-key"])
 def test_a_missing_or_wrong_key_is_401(gateway, credential):
     url = f"{gateway}/api/events" + (f"?code={credential}" if credential else "")

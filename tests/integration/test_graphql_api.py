@@ -7,9 +7,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
+from fulfillment.adapters.prefect_monitor import PrefectMonitor
 from fulfillment.adapters.sqlite_orders import SqliteOrderRepository
 from fulfillment.domain import Order as DomainOrder
 from fulfillment.settings import Settings
@@ -469,3 +471,30 @@ def test_graphiql_can_be_switched_off(tmp_path):
 
     assert response.status_code == 404
     assert "graphiql" not in response.text.lower()
+
+
+def test_the_flow_runs_of_orders_asked_for_together_come_in_one_prefect_call(tmp_path, prefect_api):
+    class RecordingMonitor(PrefectMonitor):
+        batches: list[list[str]] = []
+
+        async def _flow_runs(self, flow_run_ids):
+            self.batches.append(list(flow_run_ids))
+            return await super()._flow_runs(flow_run_ids)
+
+    settings = make_settings(tmp_path).model_copy(update={"prefect_api_url": prefect_api})
+    flow = httpx.post(f"{prefect_api}/flows/", json={"name": "graphql-batching"}).json()
+    runs = [httpx.post(f"{prefect_api}/flow_runs/", json={"flow_id": flow["id"], "state": {"type": "SCHEDULED"}}).json()
+            for _ in range(3)]
+    monitor = RecordingMonitor(prefect_api, settings.prefect_ui_url)
+    with TestClient(create_app(settings, monitor=monitor)) as client:
+        ids = [create_order(client)["id"] for _ in runs]
+        for order_id, run in zip(ids, runs, strict=True):
+            in_the_stack(settings, lambda container, o=order_id, r=run: container.orders.update(
+                o, lambda order: order.attach_flow_run(r["id"])))
+
+        result = data(client, "query($a: ID!, $b: ID!, $c: ID!) { a: order(id: $a) { flowRun { id state } } "
+                              "b: order(id: $b) { flowRun { id state } } c: order(id: $c) { flowRun { id state } } }",
+                      a=ids[0], b=ids[1], c=ids[2])
+
+    assert [result[alias]["flowRun"] for alias in "abc"] == [{"id": run["id"], "state": "Scheduled"} for run in runs]
+    assert [sorted(batch) for batch in monitor.batches] == [sorted(run["id"] for run in runs)]

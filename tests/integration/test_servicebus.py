@@ -209,6 +209,22 @@ async def test_three_deliveries_of_one_message_make_one_order_and_one_saga(
 
 
 @on_module_loop
+async def test_a_message_id_sent_again_with_another_order_is_dead_lettered_and_makes_nothing(
+        empty_servicebus, orders_sender, dead_letters, make_container):
+    container = make_container()
+    async with listening(container, empty_servicebus):
+        await orders_sender.send_messages(a_message(an_order("cust-reused"), message_id="message-reused"))
+        await eventually(lambda: stat(empty_servicebus, "completed") == 1, what="the first message completed")
+        await orders_sender.send_messages(a_message(an_order("cust-reused", quantity=3), message_id="message-reused"))
+        (dead,) = await receive(dead_letters, 1)
+
+    assert dead.dead_letter_reason == "ValidationFailed"
+    assert "message id was already used for another order body" in str(dead.dead_letter_error_description)
+    (order,) = await orders_of(container, "cust-reused")
+    assert order.items[0].quantity == 2
+
+
+@on_module_loop
 async def test_a_store_outage_abandons_the_message_until_its_order_is_stored(
         empty_servicebus, orders_sender, make_container, caplog):
     caplog.set_level(logging.INFO, logger="fulfillment.servicebus")

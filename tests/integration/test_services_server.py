@@ -15,7 +15,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from fulfillment.domain import OrderStatus
+from fulfillment.domain import Actor, OrderStatus
 from fulfillment.settings import Settings
 from gateway.app import create_app
 from tests.conftest import in_the_stack
@@ -77,7 +77,8 @@ def saga_over_http(tmp_path: Path, services_url: str, items: list[dict]) -> Orde
                         payment_base_url=f"{services_url}/payments", shipping_base_url=f"{services_url}/shipping")
 
     async def place_and_run(container) -> OrderStatus:
-        order = await container.order_service.place({"customerId": "cust-http", "items": items}, source="test")
+        order = await container.order_service.place({"customerId": "cust-http", "items": items}, source="test",
+                                                    actor=Actor.trusted("test"))
         return (await container.saga.run(order.id)).status
 
     return in_the_stack(settings, place_and_run)
