@@ -13,7 +13,7 @@ from strawberry.asgi import GraphQL
 from fulfillment.bootstrap import bootstrap
 from fulfillment.settings import Settings
 from fulfillment.telemetry import tracing_configured
-from gateway import events, health, observability, rest
+from gateway import events, health, observability, openapi, rest
 from gateway.downstream import downstream_routes
 from gateway.errors import exception_handlers
 from gateway.graphql.context import Context
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None, **overrides) -> Starlette:
             *rest.routes,
             *(events.routes if settings.event_grid_webhook_key else []),
             *health.routes,
+            *openapi.routes,
             *observability.routes,
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
