@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,6 +12,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from strawberry.asgi import GraphQL
 
 from fulfillment.bootstrap import bootstrap
+from fulfillment.service.requests import decode_json
 from fulfillment.settings import Settings
 from fulfillment.telemetry import tracing_configured
 from gateway import events, health, observability, openapi, rest
@@ -23,6 +25,14 @@ from gateway.graphql.schema import create_schema
 class GraphQLApp(GraphQL):
     async def get_context(self, request, response) -> Context:
         return Context(container=request.state.container)
+
+    def decode_json(self, data: str | bytes) -> object:
+        """Strawberry answers 400 only to a `JSONDecodeError`: so to every body `decode_json` refuses (not UTF-8,
+        nested too deeply), not a 500. Floats, as GraphQL's `Float` takes no `Decimal`."""
+        try:
+            return decode_json(data, parse_float=float)
+        except ValueError as error:
+            raise json.JSONDecodeError(str(error), "", 0) from None
 
 
 def embedded_services(settings: Settings, container) -> list[Mount]:

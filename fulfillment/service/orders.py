@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fulfillment.domain import Order
+from fulfillment.domain import FieldError, InvalidRequest, Order
 from fulfillment.ports import OrderRepository, Page
-from fulfillment.service.requests import new_order, parse_create_order
+from fulfillment.service.requests import new_order, parse_create_order, unicode_problem
 from fulfillment.telemetry import ORDERS_ACCEPTED, current_traceparent
 
 log = logging.getLogger("fulfillment.orders")
@@ -41,6 +41,8 @@ class OrderService:
 
     async def list_by_customer(self, customer_id: str, *, first: int | None = None,
                                after: str | None = None) -> Page:
+        if problem := unicode_problem(customer_id):  # a lone surrogate: no store can look it up
+            raise InvalidRequest([FieldError("customerId", problem)])
         limit = min(first or self._max_page_size, self._max_page_size)
         return await self._orders.list_by_customer(customer_id, limit=max(limit, 1), cursor=after)
 
