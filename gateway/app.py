@@ -3,6 +3,7 @@ authentication of the settings (the embedded downstream services have a loopback
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,9 +17,10 @@ from strawberry.exceptions import ConnectionRejectionError
 from strawberry.types.unset import UNSET
 
 from fulfillment.bootstrap import bootstrap
+from fulfillment.service.requests import decode_json
 from fulfillment.settings import Settings
 from fulfillment.telemetry import tracing_configured
-from gateway import events, health, observability, rest
+from gateway import events, health, observability, openapi, rest
 from gateway.auth import Authenticator, IssuerUnavailable, Unauthenticated, create_authenticator
 from gateway.errors import exception_handlers
 from gateway.graphql.context import Context
@@ -36,6 +38,14 @@ class GraphQLApp(GraphQL):
     def __init__(self, settings: Settings, authenticator: Authenticator):
         super().__init__(create_schema(settings), graphql_ide="graphiql" if settings.graphiql else None)
         self._authenticator = authenticator
+
+    def decode_json(self, data: str | bytes) -> object:
+        """Strawberry answers 400 only to a `JSONDecodeError`: so to every body `decode_json` refuses (not UTF-8,
+        nested too deeply), not a 500. Floats, as GraphQL's `Float` takes no `Decimal`."""
+        try:
+            return decode_json(data, parse_float=float)
+        except ValueError as error:
+            raise json.JSONDecodeError(str(error), "", 0) from None
 
     async def run(self, request, context=UNSET, root_value=UNSET):
         if self.is_websocket_request(request):
@@ -85,6 +95,7 @@ def create_app(settings: Settings | None = None, **overrides) -> Starlette:
             *rest.routes,
             *(events.routes if settings.event_grid_webhook_key else []),
             *health.routes,
+            *openapi.routes,
             *observability.routes,
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),

@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from fulfillment.domain import InvalidRequest
 from fulfillment.service.events import Outcome, parse_envelope
+from fulfillment.service.requests import unicode_problem
 from fulfillment.telemetry import WEBHOOK_EVENTS, tracer
 from gateway.errors import ApiError, services
 from gateway.rest import read_json
@@ -62,7 +63,8 @@ async def receive_events(request: Request) -> Response:
     outcomes, poison = [], []
     for index, raw in enumerate(raw_events):
         event_id = raw.get("id") if isinstance(raw, dict) else None
-        event_id = event_id if isinstance(event_id, str) else None  # else a poison event, not echoed back
+        # Not a string (1.5, 1e400), or not text (a lone surrogate): a poison event, its id not echoed back.
+        event_id = event_id if isinstance(event_id, str) and not unicode_problem(event_id) else None
         with tracer.start_as_current_span("event", attributes={"cloudevents.event_id": str(event_id)}) as span:
             try:
                 envelope = parse_envelope(raw)
@@ -86,8 +88,8 @@ def _validation_code(raw_events: list) -> str | None:
     for raw in raw_events:
         if isinstance(raw, dict) and raw.get("eventType") == VALIDATION_EVENT:
             code = (raw.get("data") or {}).get("validationCode") if isinstance(raw.get("data"), dict) else None
-            if not isinstance(code, str) or not code:
-                raise ApiError(400, "invalid_request", "the validation event carries no data.validationCode")
+            if not isinstance(code, str) or not code or unicode_problem(code):
+                raise ApiError(400, "invalid_request", "the validation event carries no data.validationCode (text)")
             return code
     return None
 

@@ -57,6 +57,7 @@ from fulfillment.adapters.cosmos_leases import LeasedDocuments
 from fulfillment.adapters.documents import from_document, to_document
 from fulfillment.domain import FieldError, IdempotencyKeyReused, InvalidRequest, Order, OrderNotFound
 from fulfillment.ports import IdempotencyKey, OutboxEntry, Page
+from fulfillment.service.requests import unicode_problem
 from fulfillment.settings import Settings
 
 ORDER = "order"
@@ -224,9 +225,9 @@ def _cursor_for(continuation: str | None) -> str | None:
 def _continuation_in(cursor: str) -> str:
     try:
         continuation = json.loads(base64.urlsafe_b64decode(cursor.encode()))["continuation"]
-    except (ValueError, TypeError, KeyError, binascii.Error):
+    except (ValueError, TypeError, KeyError, binascii.Error, RecursionError):
         continuation = None
-    if not isinstance(continuation, str):
+    if not isinstance(continuation, str) or unicode_problem(continuation):  # it goes into a request header
         raise _invalid_cursor()
     return continuation
 

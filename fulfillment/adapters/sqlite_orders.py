@@ -16,6 +16,7 @@ from fulfillment.adapters.sqlite_db import SqliteDatabase
 from fulfillment.adapters.sqlite_leases import LEASE_COLUMNS, LeasedQueue
 from fulfillment.domain import FieldError, IdempotencyKeyReused, InvalidRequest, Order, OrderNotFound
 from fulfillment.ports import IdempotencyKey, OutboxEntry, Page
+from fulfillment.service.requests import unicode_problem
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
@@ -144,9 +145,11 @@ def _encode_cursor(created_at: str, order_id: str) -> str:
 def _decode_cursor(cursor: str) -> tuple[str, str]:
     try:
         created_at, order_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return str(created_at), str(order_id)
-    except (ValueError, TypeError, binascii.Error):
-        raise InvalidRequest([FieldError("after", "is not a cursor returned by this API")]) from None
+    except (ValueError, TypeError, binascii.Error, RecursionError):
+        created_at = order_id = None
+    if not (isinstance(created_at, str) and isinstance(order_id, str)) or unicode_problem(created_at + order_id):
+        raise InvalidRequest([FieldError("after", "is not a cursor returned by this API")])
+    return created_at, order_id
 
 
 def _keyed_order(db: sqlite3.Connection, idempotency: IdempotencyKey) -> Order | None:

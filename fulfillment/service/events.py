@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator
 from fulfillment.domain import Actor, FieldError, IdempotencyKeyReused, InvalidRequest
 from fulfillment.ports import Inventory, InventoryEvent, InventoryEventInbox, StockTurn
 from fulfillment.service.orders import OrderService
-from fulfillment.service.requests import parse
+from fulfillment.service.requests import Text, parse
 from fulfillment.telemetry import LOW_STOCK_ALERTS, STALE_STOCK_EVENTS, current_traceparent
 
 log = logging.getLogger("fulfillment.events")
@@ -63,7 +63,7 @@ def _event_time(value: Any) -> datetime:
 
 
 EventTime = Annotated[datetime, PlainValidator(_event_time)]
-ProductId = Annotated[str, Field(min_length=1, max_length=MAX_PRODUCT_ID_LENGTH)]
+ProductId = Annotated[Text, Field(min_length=1, max_length=MAX_PRODUCT_ID_LENGTH)]
 Units = Annotated[int, Field(ge=0, le=MAX_STOCK)]  # strict: not a bool, not 3.0
 
 
@@ -90,20 +90,20 @@ class Envelope:
 
 class _EventGridEvent(BaseModel):
     model_config = ConfigDict(strict=True)
-    id: str = Field(min_length=1)
-    eventType: str = Field(min_length=1)
-    subject: str
+    id: Text = Field(min_length=1)
+    eventType: Text = Field(min_length=1)
+    subject: Text
     eventTime: EventTime
     data: Any = None
-    dataVersion: str
+    dataVersion: Text
 
 
 class _CloudEvent(BaseModel):
     model_config = ConfigDict(strict=True)
-    id: str = Field(min_length=1)
-    type: str = Field(min_length=1)
-    source: str = Field(min_length=1)
-    specversion: str
+    id: Text = Field(min_length=1)
+    type: Text = Field(min_length=1)
+    source: Text = Field(min_length=1)
+    specversion: Text
     time: EventTime | None = None
     data: Any = None
 
@@ -112,7 +112,7 @@ class _StockLevel(BaseModel):
     model_config = ConfigDict(strict=True)
     productId: ProductId
     quantityAvailable: Units
-    warehouseId: str | None = None
+    warehouseId: Text | None = None
 
 
 class _LowStock(_StockLevel):

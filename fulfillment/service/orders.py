@@ -12,9 +12,9 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fulfillment.domain import Actor, Forbidden, Order
+from fulfillment.domain import Actor, FieldError, Forbidden, InvalidRequest, Order
 from fulfillment.ports import IdempotencyKey, OrderRepository, Page
-from fulfillment.service.requests import CreateOrderRequest, new_order, parse_create_order
+from fulfillment.service.requests import CreateOrderRequest, new_order, parse_create_order, unicode_problem
 from fulfillment.telemetry import ORDERS_ACCEPTED, current_traceparent
 
 log = logging.getLogger("fulfillment.orders")
@@ -61,6 +61,8 @@ class OrderService:
 
     async def list_by_customer(self, customer_id: str, *, actor: Actor, first: int | None = None,
                                after: str | None = None) -> Page:
+        if problem := unicode_problem(customer_id):  # a lone surrogate: no store can look it up
+            raise InvalidRequest([FieldError("customerId", problem)])
         actor.check_acts_for(customer_id)
         limit = min(first or self._max_page_size, self._max_page_size)
         return await self._orders.list_by_customer(customer_id, limit=max(limit, 1), cursor=after)

@@ -4,15 +4,18 @@
 2. Rules (`InvalidOrder`, dead-letter reason `ValidationFailed`): the order rules of contract §1, in the domain.
 
 JSON must be decoded with `decode_json`, so that prices arrive as exact decimals rather than binary floats.
+Every string of a request is `Text`: a lone UTF-16 surrogate (JSON allows `"\\ud800"`) cannot be stored, logged as
+UTF-8 or answered back, so it is refused at the field that carries it.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainValidator, ValidationError
 
 from fulfillment.domain import FieldError, InvalidOrder, InvalidRequest, Order, OrderItem
 from fulfillment.domain.model import MAX_ITEMS, item_count_error
@@ -28,23 +31,45 @@ def _exact_number(value: Any) -> Decimal:
 ExactNumber = Annotated[Decimal, PlainValidator(_exact_number)]
 
 
+def unicode_problem(value: str) -> str | None:
+    """Why `value` is not text that UTF-8 can hold (a lone surrogate), or None."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return f"must be Unicode text, got a lone surrogate U+{ord(value[error.start]):04X} at {error.start}"
+    return None
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, str) and (problem := unicode_problem(value)):
+        raise ValueError(problem)
+    return value  # anything else is refused (or not) by the `str` validation that follows
+
+
+Text = Annotated[str, BeforeValidator(_text)]
+
+
 class _ItemRequest(BaseModel):
     model_config = ConfigDict(strict=True, frozen=True)
-    productId: str
-    productName: str
+    productId: Text
+    productName: Text
     quantity: int
     unitPrice: ExactNumber
 
 
 class CreateOrderRequest(BaseModel):
     model_config = ConfigDict(strict=True, frozen=True)
-    customerId: str
+    customerId: Text
     items: list[_ItemRequest]
 
 
-def decode_json(body: bytes | str) -> Any:
-    """Raises `ValueError` (json.JSONDecodeError) when the body is not JSON."""
-    return json.loads(body, parse_float=Decimal)
+def decode_json(body: bytes | str, *, parse_float: Callable[[str], Any] = Decimal) -> Any:
+    """Raises `ValueError` when the body is not JSON: malformed, not UTF-8, or nested deeper than Python's
+    recursion limit lets the decoder go."""
+    try:
+        return json.loads(body, parse_float=parse_float)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def parse_create_order(payload: Any) -> CreateOrderRequest:

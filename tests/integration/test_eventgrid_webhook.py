@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -265,6 +266,50 @@ def test_a_batch_with_a_poison_event_is_400_and_its_valid_events_are_still_recor
         (1, "bad", ["data.quantityAvailable"])]
     assert response.json()["outcomes"] == ["accepted", "poison", "accepted"]
     assert sorted(event.event_id for event in recorded_events(webhook_settings)) == ["good-1", "good-2"]
+
+
+def post_escaped(client, body):
+    """The body as JSON escaping a lone surrogate (`"\\ud800"`), which UTF-8 cannot hold."""
+    return client.post(f"/api/events?code={KEY}", content=json.dumps(body).encode(),
+                       headers={"content-type": "application/json"})
+
+
+SURROGATES = {
+    "event id": ("id", raw_event(event_id="evt-\ud800")),
+    "event type": ("eventType", raw_event(event_type="Inventory.\udc00")),
+    "product id": ("data.productId", raw_event(data={**STOCK, "productId": "\udfff"})),
+    "warehouse id": ("data.warehouseId", raw_event(data={**STOCK, "warehouseId": "wh-\ud83d"})),
+    "cloudevent source": ("source", {"id": "c1", "type": "Inventory.StockUpdated", "source": "/\ud800",
+                                     "specversion": "1.0", "data": STOCK}),
+    "submitted order's customer": ("customerId", raw_event(event_type="Orders.OrderSubmitted", data={
+        "customerId": "\ud800", "items": [{"productId": "p", "productName": "n", "quantity": 1, "unitPrice": 1}]})),
+}
+
+
+@pytest.mark.parametrize(("field", "event"), SURROGATES.values(), ids=SURROGATES.keys())
+def test_a_lone_surrogate_is_a_poison_event_naming_the_field_and_nothing_is_stored(client, webhook_settings, field,
+                                                                                  event):
+    response = post_escaped(client, [event])
+
+    assert response.status_code == 400, response.text
+    (poison,) = response.json()["events"]
+    assert poison["fields"] == [field] and "lone surrogate" in poison["error"]
+    assert poison["id"] == (None if field == "id" else event["id"])  # an id that is not text is not echoed back
+    assert recorded_events(webhook_settings) == []
+
+
+def test_a_validation_code_with_a_lone_surrogate_is_400(client):
+    event = raw_event(event_type="Microsoft.EventGrid.SubscriptionValidationEvent", data={"validationCode": "\ud800"})
+
+    assert post_escaped(client, [event]).status_code == 400
+
+
+def test_a_body_nested_deeper_than_the_decoder_recurses_is_400(client):
+    response = client.post(f"/api/events?code={KEY}", content="[" * 20_000 + "]" * 20_000,  # within 64 KiB
+                           headers={"content-type": "application/json"})
+
+    assert response.status_code == 400
+    assert "nested too deeply" in response.json()["message"]
 
 
 def test_a_body_over_the_limit_is_413(gateway):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -329,6 +331,45 @@ def test_a_cursor_this_api_did_not_issue_is_an_error_that_says_so(client):
     assert result["data"] is None
     (message,) = error_messages(result)
     assert "after" in message and "cursor" in message
+
+
+def post_escaped(client: TestClient, query: str, **variables) -> dict:
+    """As `execute`, with the JSON escaping a lone surrogate (`"\\ud800"`), which UTF-8 cannot hold."""
+    body = json.dumps({"query": query, "variables": variables}).encode()
+    response = client.post("/graphql", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_a_customer_id_with_a_lone_surrogate_is_an_error_naming_it_not_an_unexpected_one(client):
+    result = post_escaped(client, ORDERS_BY_CUSTOMER, customerId="cust-\ud800")
+
+    (message,) = error_messages(result)
+    assert message.startswith("customerId: ") and "lone surrogate" in message
+
+
+def test_a_cursor_holding_a_lone_surrogate_is_an_error_that_says_so(client):
+    cursor = base64.urlsafe_b64encode(json.dumps(["2026-01-01T00:00:00Z", "\udfff"]).encode()).decode()
+
+    (message,) = error_messages(post_escaped(client, ORDERS_BY_CUSTOMER, customerId="cust-001", after=cursor))
+
+    assert "after" in message and "cursor" in message
+
+
+def test_create_order_with_a_lone_surrogate_is_a_validation_error_naming_the_field(client):
+    input = {**SEED_INPUT, "items": [{**SEED_INPUT["items"][0], "productName": "\ud83d"}]}
+
+    created = post_escaped(client, CREATE_ORDER, input=input)["data"]["createOrder"]
+
+    assert created["__typename"] == "ValidationError"
+    assert [error["field"] for error in created["errors"]] == ["items[0].productName"]
+    assert data(client, ORDERS_BY_CUSTOMER, customerId="cust-001")["ordersByCustomer"]["edges"] == []
+
+
+def test_a_body_nested_deeper_than_the_decoder_recurses_is_a_400(client):
+    response = client.post("/graphql", content="[" * 100_000, headers={"content-type": "application/json"})
+
+    assert response.status_code == 400
 
 
 # --- sagaState ----------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import re
@@ -192,6 +193,35 @@ def test_a_body_that_is_not_valid_json_is_refused_with_400(client, body):
     assert_error(response, 400, "invalid_json")
 
 
+def test_a_body_nested_deeper_than_the_decoder_recurses_is_refused_with_400(client):
+    body = "[" * 100_000 + "]" * 100_000
+
+    response = client.post("/api/orders", content=body, headers={"Content-Type": "application/json"})
+
+    assert "nested too deeply" in assert_error(response, 400, "invalid_json")["message"]
+
+
+@pytest.mark.parametrize(("request_body", "field"), [
+    (seed_request(customerId="cust-\ud800"), "customerId"),
+    (with_item(1, productId="\udfff"), "items[1].productId"),
+    (with_item(0, productName="Headphones \udc00"), "items[0].productName"),
+])
+def test_a_lone_surrogate_is_refused_naming_the_field_and_nothing_is_stored(client, tmp_path, request_body, field):
+    body = json.dumps(request_body).encode()  # JSON may escape a lone surrogate (`"\\ud800"`); UTF-8 cannot hold one
+
+    response = client.post("/api/orders", content=body, headers={"Content-Type": "application/json"})
+
+    error = assert_error(response, 400, "invalid_request")
+    assert error_fields(error) == {field} and "lone surrogate" in error["message"]
+    assert client.get("/api/orders/customer/cust-001").json() == []
+
+
+def test_a_customer_id_that_is_not_text_lists_no_orders(client):
+    place(client)
+
+    assert client.get("/api/orders/customer/%ED%A0%80").json() == []  # not UTF-8: decoded with U+FFFD, unknown
+
+
 VALIDATION_CASES = {
     "empty customerId": (seed_request(customerId=""), "customerId"),
     "blank customerId": (seed_request(customerId="   "), "customerId"),
@@ -367,7 +397,12 @@ def test_a_bad_limit_is_400(client, limit):
     assert error_fields(body) == {"limit"}
 
 
-@pytest.mark.parametrize("cursor", ["not-a-cursor", "!!!", "bm90IGpzb24"])
+NESTED_CURSOR = base64.urlsafe_b64encode(b"[" * 5_000 + b"]" * 5_000).decode()
+SURROGATE_CURSOR = base64.urlsafe_b64encode(json.dumps(["2026-01-01T00:00:00Z", "\ud800"]).encode()).decode()
+
+
+@pytest.mark.parametrize("cursor", ["not-a-cursor", "!!!", "bm90IGpzb24", NESTED_CURSOR, SURROGATE_CURSOR],
+                         ids=["text", "punctuation", "not json", "nested too deeply", "a lone surrogate"])
 def test_a_bad_cursor_is_400_naming_the_cursor_parameter(client, cursor):
     place(client)
 
