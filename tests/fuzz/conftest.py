@@ -1,5 +1,5 @@
 """The fuzz suite's app and its figures: each target counts the requests it sent and the answers of 5xx, and
-`pytest_terminal_summary` prints them (`fuzz: 2400 requests, 0 answered 5xx`).
+the run's "figures" section shows them (`fuzz: all targets: 2400 requests, 0 answered 5xx`).
 
 `FUZZ_EXAMPLES` bounds the examples of each property (hypothesis `max_examples`); the default keeps the suite
 under a minute on a 2-core machine (about 35 s).
@@ -19,6 +19,7 @@ from starlette.testclient import TestClient
 
 from fulfillment.settings import Settings
 from gateway.app import create_app
+from tests.conftest import FIGURES
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
 WEBHOOK_KEY = "fuzz-webhook-key"
@@ -49,8 +50,8 @@ def tally(target: str) -> Tally:
 class PrefectUp:
     """A Prefect API that answers and knows no runs: `/readyz` is ready without a Prefect server."""
 
-    async def flow_run(self, flow_run_id: str) -> None:
-        return None
+    async def flow_runs(self, flow_run_ids: list[str]) -> list[None]:
+        return [None] * len(flow_run_ids)
 
     async def is_reachable(self) -> bool:
         return True
@@ -72,11 +73,12 @@ def client(tmp_path_factory) -> Iterator[TestClient]:
         yield client
 
 
-def pytest_terminal_summary(terminalreporter) -> None:
+def pytest_sessionfinish() -> None:
+    """The figures of each target, for the run's "figures" section (tests/conftest.py)."""
     for target, figures in TALLIES.items():
-        terminalreporter.write_line(f"fuzz: {target}: {figures.requests} requests, {figures.server_errors} answered "
-                                    f"5xx ({figures.seconds:.1f} s)")
+        FIGURES.append(f"fuzz: {target}: {figures.requests} requests, {figures.server_errors} answered 5xx "
+                       f"({figures.seconds:.1f} s)")
     if TALLIES:
         total = sum(figures.requests for figures in TALLIES.values())
-        terminalreporter.write_line(f"fuzz: all targets: {total} requests, "
-                                    f"{sum(figures.server_errors for figures in TALLIES.values())} answered 5xx")
+        FIGURES.append(f"fuzz: all targets: {total} requests, "
+                       f"{sum(figures.server_errors for figures in TALLIES.values())} answered 5xx")

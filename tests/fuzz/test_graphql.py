@@ -10,11 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis_graphql import Mode, mutations, queries
 
+from fulfillment.settings import Settings
 from gateway.graphql.schema import create_schema
 from tests.fuzz.conftest import FUZZ_SETTINGS, tally
 from tests.fuzz.hostile import field, json_text, order_request, texts, values
 
-SCHEMA = str(create_schema(max_depth=8))
+SCHEMA = str(create_schema(Settings()))
 ANY_MODE = st.sampled_from(Mode)
 OPERATIONS = {
     "createOrder": ("mutation($input: CreateOrderInput!) { createOrder(input: $input) { __typename "
