@@ -252,7 +252,7 @@ async def test_a_concurrency_limit_of_the_pool_or_the_deployment_holds_runs_back
             await until(lambda: asyncio.to_thread(_registered_since, ui.api, started))
             target = await until(lambda: asyncio.to_thread(_limit_target, ui.api, limited, settings.work_pool))
             await asyncio.to_thread(lambda: httpx.patch(target, json={"concurrency_limit": 1}).raise_for_status())
-            await asyncio.sleep(4)  # the executor re-reads the pool and the deployments every 3 s
+            await asyncio.sleep(7)  # the executor re-reads the pool and the deployments every 3 s (twice, if busy)
             most = await most_claimed_at_once(services, 3)
     finally:
         if target:
