@@ -120,6 +120,12 @@ class InventoryEvent:
             raise ValueError(f"event {self.event_id}: event_time {self.event_time} has no timezone")
         object.__setattr__(self, "event_time", self.event_time.astimezone(UTC))
 
+    def says_the_same_as(self, other: InventoryEvent) -> bool:
+        """Whether `other` (stored under the same id) is a redelivery of this event rather than another event
+        under a reused id. The time and trace are left out: a CloudEvent without `time` takes its receipt time."""
+        return (self.event_type, self.product_id, self.quantity_available, self.threshold, self.warehouse_id) == (
+            other.event_type, other.product_id, other.quantity_available, other.threshold, other.warehouse_id)
+
     def to_json(self) -> dict[str, Any]:
         """The event as JSON values (the time in ISO 8601), as stored and as a flow run's parameter."""
         return {**asdict(self), "event_time": self.event_time.isoformat()}
@@ -170,7 +176,8 @@ class InventoryEventInbox(Protocol):
     """
 
     async def record(self, event: InventoryEvent) -> bool:
-        """Stores the event to be applied; False if this event id was recorded before (a redelivery)."""
+        """Stores the event to be applied; False if this event id was recorded before (a redelivery), and
+        `IdempotencyKeyReused` if it was recorded with other content."""
         ...
 
     async def claim(self, worker_id: str, *, limit: int, lease: timedelta) -> list[tuple[InventoryEvent, int]]:

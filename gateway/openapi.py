@@ -173,8 +173,9 @@ def _order_paths() -> dict:
             "operationId": "createOrder", "summary": "Place an order and start its saga.",
             "security": ORDER_SECURITY,
             "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                            "schema": {"type": "string"},
-                            "description": "The same key with the same body answers the same order."}],
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                            "description": "The same key with the same body answers the same order "
+                                           "(printable ASCII, kept `OrderProcessing__IdempotencyKeyHours`)."}],
             "requestBody": {"required": True, "content": {"application/json": {"schema": _schema("CreateOrderRequest")}}},
             "responses": {
                 "202": _json("Order", "Accepted: the order, `processing`.",

@@ -40,7 +40,7 @@ from fulfillment.adapters.cosmos_common import (
     translated_errors,
 )
 from fulfillment.adapters.cosmos_leases import LeasedDocuments
-from fulfillment.domain import ConcurrencyConflict
+from fulfillment.domain import ConcurrencyConflict, IdempotencyKeyReused
 from fulfillment.ports import InventoryEvent, StockTurn
 from fulfillment.settings import Settings
 
@@ -73,9 +73,13 @@ class CosmosInventoryEventInbox:
     async def record(self, event: InventoryEvent) -> bool:
         with translated_errors("record an inventory event"):
             container = await self._container.ready()
+            document = _new_event_document(event)
             try:
-                await container.create_item(_new_event_document(event))
+                await container.create_item(document)
             except CosmosResourceExistsError:
+                stored = await container.read_item(document["id"], partition_key=document["id"])
+                if not event.says_the_same_as(InventoryEvent.from_json(stored["event"], received_at=time.time())):
+                    raise IdempotencyKeyReused(event.event_id) from None
                 return False
             return True
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fulfillment.adapters.sqlite_db import SqliteDatabase
 from fulfillment.adapters.sqlite_leases import LEASE_COLUMNS, LeasedQueue
+from fulfillment.domain import IdempotencyKeyReused
 from fulfillment.ports import InventoryEvent, StockTurn
 
 SCHEMA = """
@@ -39,7 +40,12 @@ class SqliteInventoryEventInbox:
             cursor = db.execute(
                 "INSERT INTO inventory_events (event_id, event, received_at, available_at) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (event_id) DO NOTHING", (event.event_id, json.dumps(event.to_json()), now, now))
-            return cursor.rowcount == 1
+            if cursor.rowcount == 1:
+                return True
+            stored = db.execute("SELECT event FROM inventory_events WHERE event_id = ?", (event.event_id,)).fetchone()
+            if not event.says_the_same_as(InventoryEvent.from_json(json.loads(stored["event"]), received_at=now)):
+                raise IdempotencyKeyReused(event.event_id)
+            return False
 
         return await self._db.write(insert)
 

@@ -147,11 +147,10 @@ class EventService:
                 return Outcome.IGNORED
 
     async def _place(self, envelope: Envelope) -> Outcome:
-        """An event id sent again with another order is a poison event, like any other it cannot process."""
         try:
             await self._orders.place(envelope.data, source="eventgrid", actor=WEBHOOK, idempotency_key=envelope.id)
         except IdempotencyKeyReused as error:
-            raise InvalidRequest([FieldError("id", str(error))]) from None
+            raise _reused_id(error) from None
         return Outcome.ACCEPTED
 
     async def _inventory(self, envelope: Envelope) -> Outcome:
@@ -160,7 +159,15 @@ class EventService:
             event_id=envelope.id, event_type=envelope.type, product_id=level.productId,
             quantity_available=level.quantityAvailable, threshold=getattr(level, "threshold", None),
             warehouse_id=level.warehouseId, trace_parent=current_traceparent(), event_time=envelope.time)
-        return Outcome.ACCEPTED if await self._inbox.record(event) else Outcome.DUPLICATE
+        try:
+            return Outcome.ACCEPTED if await self._inbox.record(event) else Outcome.DUPLICATE
+        except IdempotencyKeyReused as error:
+            raise _reused_id(error) from None
+
+
+def _reused_id(error: IdempotencyKeyReused) -> InvalidRequest:
+    """An event id sent again with other content is a poison event, like any other it cannot process."""
+    return InvalidRequest([FieldError("id", str(error))])
 
 
 class StockUpdateUnderWay(Exception):

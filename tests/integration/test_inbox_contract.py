@@ -12,6 +12,7 @@ import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import closing
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -22,7 +23,7 @@ from fulfillment.adapters.cosmos_inventory_events import (
 )
 from fulfillment.adapters.cosmos_orders import create_cosmos_repository
 from fulfillment.adapters.sqlite_inventory_events import SqliteInventoryEventInbox
-from fulfillment.domain import OrderNotFound
+from fulfillment.domain import IdempotencyKeyReused, OrderNotFound
 from fulfillment.ports import InventoryEvent, StockTurn
 from fulfillment.service.requests import new_order, parse_create_order
 from fulfillment.settings import Settings
@@ -82,6 +83,17 @@ async def test_an_event_id_is_recorded_once_even_across_instances(open_inbox):
     assert await one.record(an_event()) is False
     assert await another.record(an_event()) is False
     assert await another.record(an_event("event-2")) is True
+
+
+async def test_an_event_id_recorded_with_other_content_is_refused(inbox):
+    assert await inbox.record(an_event()) is True
+    assert await inbox.record(replace(an_event(at=seconds(5)), trace_parent="00-another-delivery-01")) is False
+    with pytest.raises(IdempotencyKeyReused):
+        await inbox.record(replace(an_event(), quantity_available=8))
+    with pytest.raises(IdempotencyKeyReused):
+        await inbox.record(an_event(product="prod-other"))
+    (claimed, _), = await inbox.claim("w1", limit=10, lease=LEASE)
+    assert claimed == an_event()
 
 
 async def test_a_claimed_event_reads_back_as_recorded_whatever_its_id(inbox):
