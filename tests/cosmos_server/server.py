@@ -8,15 +8,14 @@ The server keeps its data in memory and accepts any key; each test isolates itse
 
 from __future__ import annotations
 
-import json
 import select
-import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.npm_packages import ensure_installed
 
 HERE = Path(__file__).resolve().parent
 PACKAGE = "@vercel/cosmosdb-server"
@@ -36,28 +35,12 @@ class CosmosServer:
         return f"AccountEndpoint={self.url};AccountKey={EMULATOR_KEY};"
 
 
-def ensure_installed(progress: Callable[[str], None] = print) -> None:
-    """Runs `npm ci` into tests/cosmos_server/node_modules unless the pinned server is already there."""
-    if _installed_version() == _pinned_version():
-        return
-    npm = shutil.which("npm")
-    if npm is None:
-        raise RuntimeError(f"npm not found: the Cosmos DB tests need Node.js and npm to install {PACKAGE}")
-    progress(f"installing {PACKAGE} {_pinned_version()} into {HERE / 'node_modules'} (npm ci, about 20 s) ...")
-    started = time.monotonic()
-    result = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=HERE,
-                            capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"npm ci failed in {HERE}:\n{result.stdout}{result.stderr}")
-    progress(f"installed {PACKAGE} in {time.monotonic() - started:.0f} s")
-
-
 @contextmanager
 def running_cosmos_server(log_dir: Path, *, progress: Callable[[str], None] = print) -> Iterator[CosmosServer]:
     """A server on plain http:// at a free port of 127.0.0.1 for the duration of the block; its output goes
     to `log_dir`. (Plain HTTP, because the SDK skips TLS verification for 127.0.0.1 anyway; launch.js also
     serves HTTPS.)"""
-    ensure_installed(progress)
+    ensure_installed(HERE, PACKAGE, progress)
     log = log_dir / "cosmosdb-server.log"
     with log.open("w") as log_file:
         process = subprocess.Popen(["node", str(HERE / "launch.js"), "--no-ssl"], cwd=HERE,
@@ -85,14 +68,3 @@ def _stop(process: subprocess.Popen) -> None:
         process.kill()
         process.wait()
     process.stdout.close()
-
-
-def _pinned_version() -> str:
-    lock = json.loads((HERE / "package-lock.json").read_text())
-    return lock["packages"][f"node_modules/{PACKAGE}"]["version"]
-
-
-def _installed_version() -> str | None:
-    manifest = HERE / "node_modules" / PACKAGE / "package.json"
-    return json.loads(manifest.read_text())["version"] if manifest.exists() else None
-
