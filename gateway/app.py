@@ -12,7 +12,6 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import HTTPConnection
 from starlette.routing import Route, WebSocketRoute
-from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.types.unset import UNSET
 
@@ -24,13 +23,14 @@ from gateway import events, health, observability, openapi, rest
 from gateway.auth import Authenticator, IssuerUnavailable, Unauthenticated, create_authenticator
 from gateway.errors import exception_handlers
 from gateway.graphql.context import Context
+from gateway.graphql.over_http import GraphQLOverHTTP
 from gateway.graphql.schema import create_schema
 from gateway.limits import BodyLimit
 
 ISSUER_TIMEOUT_S = 5.0
 
 
-class GraphQLApp(GraphQL):
+class GraphQLApp(GraphQLOverHTTP):
     """Strawberry's ASGI app, authenticating each request as the REST routes do (401 before anything runs),
     except the GraphiQL page itself; a WebSocket authenticates with its `connection_init` payload, and a
     refused one is closed with 4403, as graphql-transport-ws prescribes."""
