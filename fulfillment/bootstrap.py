@@ -106,7 +106,7 @@ def bootstrap(settings: Settings | None = None, **overrides) -> Container:
     monitor = overrides.get("monitor") or PrefectMonitor(settings.prefect_api_url, settings.prefect_ui_url)
     failures = overrides.get("failures") or _failure_announcer(settings)
     closers += [monitor.aclose, failures.aclose]
-    order_service = OrderService(orders, max_page_size=settings.page_size_max)
+    order_service = OrderService(orders, overrides.get("changes") or orders, max_page_size=settings.page_size_max)
     actions = SagaActions(orders, inventory, payments, shipping,
                           RetryPolicy(settings.step_attempts, settings.retry_base_seconds),
                           RetryPolicy(settings.compensation_attempts, settings.retry_base_seconds))

@@ -5,7 +5,7 @@ Adapters in `fulfillment.adapters` implement these, one technology per module; `
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -69,6 +69,16 @@ class OrderRepository(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class OrderChanges(Protocol):
+    """Wakes the watchers of an order when it is written, by this process or another one of the stack."""
+
+    def watch(self, order_id: str) -> AsyncIterator[Order]:
+        """The order as stored now, then again after each write that changed it, for as long as the caller
+        iterates (and closes it with `aclose`). Writes close together may come as one, the latest: what a
+        watcher must not miss is kept on the order itself (`Order.status_history`). Raises `OrderNotFound`."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ INDEXING_POLICY = {
     "indexingMode": "consistent",
     "includedPaths": [{"path": "/*"}],
     # No query looks inside these; leaving them out of the index makes every write cheaper.
-    "excludedPaths": [{"path": "/items/*"}, {"path": "/saga/*"}, {"path": '/"_etag"/?'}],
+    "excludedPaths": [{"path": "/items/*"}, {"path": "/saga/*"}, {"path": "/statusHistory/*"},
+                      {"path": '/"_etag"/?'}],
 }
 
 

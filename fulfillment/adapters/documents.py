@@ -17,6 +17,7 @@ from fulfillment.domain import (
     OrderStatus,
     SagaClaim,
     SagaState,
+    StatusChange,
     Step,
 )
 
@@ -41,6 +42,7 @@ def to_document(order: Order) -> dict[str, Any]:
         "saga": _saga_document(order.saga),
         "claim": {"token": claim.token, "holder": claim.holder, "expiresAt": _time(claim.expires_at)} if claim else None,
         "earlierAttempts": [_saga_document(saga) for saga in order.earlier_attempts],
+        "statusHistory": [{"status": c.status.value, "at": c.at.isoformat()} for c in order.status_history],
     }
 
 
@@ -66,6 +68,8 @@ def from_document(document: dict[str, Any]) -> Order:
         claim=SagaClaim(token=claim["token"], holder=claim["holder"], expires_at=datetime.fromisoformat(
             claim["expiresAt"])) if claim else None,
         earlier_attempts=[_saga(order_id, saga) for saga in document.get("earlierAttempts", [])],
+        status_history=[StatusChange(OrderStatus(c["status"]), datetime.fromisoformat(c["at"]))
+                        for c in document.get("statusHistory", [])],  # none before orders kept it: the status
     )
 
 

@@ -1,4 +1,4 @@
-"""`OrderRepository` and `SagaOutbox` on SQLite: the embedded default order store."""
+"""`OrderRepository`, `OrderChanges` and `SagaOutbox` on SQLite: the embedded default order store."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import binascii
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import aclosing
 from datetime import timedelta
 from pathlib import Path
 
 from fulfillment.adapters.documents import from_document, to_document
+from fulfillment.adapters.sqlite_changes import CommitSignal
 from fulfillment.adapters.sqlite_db import SqliteDatabase
 from fulfillment.adapters.sqlite_leases import LEASE_COLUMNS, LeasedQueue
 from fulfillment.domain import FieldError, IdempotencyKeyReused, InvalidRequest, Order, OrderNotFound
@@ -42,6 +44,7 @@ OUTBOX = LeasedQueue("saga_outbox", "order_id")
 class SqliteOrderRepository:
     def __init__(self, path: Path):
         self._db = SqliteDatabase(path, SCHEMA)
+        self._commits = CommitSignal(self._db)
 
     # --- OrderRepository -----------------------------------------------------------------------
 
@@ -62,8 +65,7 @@ class SqliteOrderRepository:
         return await self._db.write(insert)
 
     async def get(self, order_id: str) -> Order:
-        row = await self._db.read(lambda db: db.execute("SELECT document FROM orders WHERE id = ?",
-                                                        (order_id,)).fetchone())
+        row = await self._db.read(lambda db: _document_row(db, order_id))
         if row is None:
             raise OrderNotFound(order_id)
         return _order(row)
@@ -97,7 +99,7 @@ class SqliteOrderRepository:
 
     async def update(self, order_id: str, change: Callable[[Order], None]) -> Order:
         def apply(db: sqlite3.Connection) -> Order:
-            row = db.execute("SELECT document FROM orders WHERE id = ?", (order_id,)).fetchone()
+            row = _document_row(db, order_id)
             if row is None:
                 raise OrderNotFound(order_id)
             order = _order(row)
@@ -112,7 +114,23 @@ class SqliteOrderRepository:
         return await self._db.write(apply)
 
     async def close(self) -> None:
+        await self._commits.close()
         await self._db.close()
+
+    # --- OrderChanges --------------------------------------------------------------------------
+
+    async def watch(self, order_id: str) -> AsyncIterator[Order]:
+        """After each commit to the database (`CommitSignal`), a point read of the order's document; yielded
+        when its text differs from the last one yielded, so commits to other rows cost no parsing."""
+        last = None
+        async with aclosing(self._commits.commits()) as commits:
+            async for _ in commits:
+                row = await self._db.read(lambda db: _document_row(db, order_id))
+                if row is None:
+                    raise OrderNotFound(order_id)
+                if row["document"] != last:
+                    last = row["document"]
+                    yield _order(row)
 
     # --- SagaOutbox ----------------------------------------------------------------------------
 
@@ -132,6 +150,10 @@ class SqliteOrderRepository:
 
     async def pending_count(self) -> int:
         return await self._db.read(lambda db: db.execute("SELECT count(*) FROM saga_outbox").fetchone()[0])
+
+
+def _document_row(db: sqlite3.Connection, order_id: str) -> sqlite3.Row | None:
+    return db.execute("SELECT document FROM orders WHERE id = ?", (order_id,)).fetchone()
 
 
 def _order(row: sqlite3.Row) -> Order:

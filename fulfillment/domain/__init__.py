@@ -31,6 +31,7 @@ from fulfillment.domain.model import (
     OrderStatus,
     SagaClaim,
     SagaState,
+    StatusChange,
     Step,
 )
 
@@ -62,6 +63,7 @@ __all__ = [
     "OrderResult",
     "OrderStatus",
     "SagaState",
+    "StatusChange",
     "Step",
     "StepRefused",
     "StoreUnavailable",

@@ -142,6 +142,15 @@ class SagaClaim:
 
 
 @dataclass(frozen=True)
+class StatusChange:
+    """The order took `status` at `at`. An order keeps every change, in order, written with the status itself,
+    so a watcher that reads the order late still sees each status it went through."""
+
+    status: OrderStatus
+    at: datetime
+
+
+@dataclass(frozen=True)
 class OrderResult:
     """What the saga flow returns."""
 
@@ -166,10 +175,13 @@ class Order:
     saga: SagaState | None = None  # a new order starts with an empty saga state
     claim: SagaClaim | None = None
     earlier_attempts: list[SagaState] = field(default_factory=list)
+    status_history: list[StatusChange] = field(default_factory=list)  # oldest first; the last is `status`
 
     def __post_init__(self) -> None:
         if self.saga is None:
             self.saga = SagaState(order_id=self.id)
+        if not self.status_history:  # a new order, or one stored before orders kept their history
+            self.status_history.append(StatusChange(self.status, self.created_at))
 
     @property
     def total_amount(self) -> Decimal:
@@ -255,7 +267,7 @@ class Order:
                 self.saga.transaction_id = reference
             case Step.CREATE_SHIPMENT:
                 self.saga.tracking_id = reference
-        self.status = step.status_after
+        self._move_to(step.status_after)
 
     def record_step_refused(self, step: Step) -> None:
         """The service refused `step` (a definite answer): nothing of it is in flight any more."""
@@ -267,7 +279,7 @@ class Order:
         self._require_active()
         if self.saga.pivot_begun:
             raise InvalidTransition(f"order {self.id}: {PIVOT} has begun; the saga can only go forward")
-        self.status = OrderStatus.COMPENSATING
+        self._move_to(OrderStatus.COMPENSATING)
         self.saga.failed_step = failed_step
         self.saga.failure_reason = reason
 
@@ -293,8 +305,8 @@ class Order:
 
     def complete(self, now: datetime | None = None) -> None:
         self._require_active()
-        self.status = OrderStatus.COMPLETED
         self.completed_at = now or datetime.now(UTC)
+        self._move_to(OrderStatus.COMPLETED, self.completed_at)
         self.claim = None
 
     def finish_unsuccessfully(self, now: datetime | None = None) -> None:
@@ -304,9 +316,10 @@ class Order:
         owed = self.saga.outstanding_compensations()
         if owed:
             raise InvalidTransition(f"order {self.id} still owes {', '.join(owed)}")
-        self.status = OrderStatus.CANCELLED if self.stopped_by_cancellation else OrderStatus.FAILED
         self.failure_reason = self.saga.failure_reason
         self.completed_at = now or datetime.now(UTC)
+        ending = OrderStatus.CANCELLED if self.stopped_by_cancellation else OrderStatus.FAILED
+        self._move_to(ending, self.completed_at)
         self.claim = None
 
     def attach_flow_run(self, flow_run_id: str) -> None:
@@ -324,9 +337,9 @@ class Order:
             raise CancellationTooLate(self.id, OrderStatus.FAILED, "the saga is already compensating a failure")
         self.cancel_requested = True
         if not self.saga.completed_steps and self.saga.in_flight is None:
-            self.status = OrderStatus.CANCELLED
             self.saga.failure_reason = self.failure_reason = "cancelled on request before any step"
             self.completed_at = now or datetime.now(UTC)
+            self._move_to(OrderStatus.CANCELLED, self.completed_at)
             self.claim = None
 
     def retry(self) -> None:
@@ -335,7 +348,7 @@ class Order:
             raise InvalidTransition(f"order {self.id} is {self.status}; only a failed order runs again")
         self.earlier_attempts.append(self.saga)
         self.saga = SagaState(order_id=self.id, attempt=self.saga.attempt + 1)
-        self.status = OrderStatus.PROCESSING
+        self._move_to(OrderStatus.PROCESSING)
         self.failure_reason = self.completed_at = None
         self.cancel_requested = False
 
@@ -346,6 +359,12 @@ class Order:
             tracking_id=self.saga.tracking_id,
             failure_reason=self.failure_reason,
         )
+
+    def _move_to(self, status: OrderStatus, now: datetime | None = None) -> None:
+        """The one way the status changes after placing: each change is appended to `status_history`."""
+        if status is not self.status:
+            self.status = status
+            self.status_history.append(StatusChange(status, now or datetime.now(UTC)))
 
     def _require_active(self) -> None:
         if self.status.is_terminal:

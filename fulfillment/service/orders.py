@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fulfillment.domain import Actor, FieldError, Forbidden, InvalidRequest, Order
-from fulfillment.ports import IdempotencyKey, OrderRepository, Page
+from fulfillment.domain import Actor, FieldError, Forbidden, InvalidRequest, Order, StatusChange
+from fulfillment.ports import IdempotencyKey, OrderChanges, OrderRepository, Page
 from fulfillment.service.requests import CreateOrderRequest, new_order, parse_create_order, unicode_problem
 from fulfillment.telemetry import ORDERS_ACCEPTED, current_traceparent
 
@@ -21,9 +23,10 @@ log = logging.getLogger("fulfillment.orders")
 
 
 class OrderService:
-    def __init__(self, orders: OrderRepository, *, max_page_size: int = 100,
+    def __init__(self, orders: OrderRepository, changes: OrderChanges, *, max_page_size: int = 100,
                  idempotency_key_lifetime: timedelta = timedelta(hours=24)):
         self._orders = orders
+        self._changes = changes
         self._max_page_size = max_page_size
         self._key_lifetime = idempotency_key_lifetime
 
@@ -79,6 +82,26 @@ class OrderService:
         order = await self._orders.update(order_id, cancel_if_allowed)
         log.info("order cancellation requested", extra={"order_id": order_id, "actor": actor.name})
         return order
+
+    async def status_changes(self, order_id: str, *, actor: Actor) -> AsyncIterator[tuple[StatusChange, Order]]:
+        """The order's current status, then every later change once and in order, until it is terminal; each
+        with the order as read when the change was seen (it may have moved on since).
+
+        No change is skipped however fast the saga runs or however late this reader wakes: the changes are
+        read from the order's history, written with each status, not sampled. Raises `OrderNotFound` or
+        `Forbidden` before anything is yielded.
+        """
+        sent: int | None = None  # how much of the history has been yielded
+        async with aclosing(self._changes.watch(order_id)) as versions:
+            async for order in versions:
+                if sent is None:
+                    actor.check_acts_for(order.customer_id)
+                    sent = len(order.status_history) - 1
+                for change in order.status_history[sent:]:
+                    yield change, order
+                sent = len(order.status_history)
+                if order.status.is_terminal:
+                    return
 
     def _idempotency(self, actor: Actor, key: str, request: CreateOrderRequest) -> IdempotencyKey:
         """The key within the actor's scope, with the fingerprint of the request as validated (so the same

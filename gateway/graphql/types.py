@@ -71,6 +71,12 @@ class SagaState:
         )
 
 
+@strawberry.type(description="The order took `status` at `at`.")
+class StatusChange:
+    status: OrderStatus
+    at: str
+
+
 @strawberry.type(description="The order's saga run in Prefect.")
 class FlowRun:
     id: strawberry.ID
@@ -92,6 +98,7 @@ class Order:
     earlier_attempts: list[SagaState] = strawberry.field(description="Attempts before the current one, oldest first.")
     manual_intervention_required: bool = strawberry.field(
         description="A compensation keeps failing: the order stays compensating while it is retried.")
+    status_history: list[StatusChange] = strawberry.field(description="Every status it has had, oldest first.")
     flow_run_id: strawberry.Private[str | None]
 
     @strawberry.field(description="The saga's Prefect flow run; null until the worker has started it.")
@@ -115,6 +122,7 @@ class Order:
             saga=SagaState.from_domain(order.saga),
             earlier_attempts=[SagaState.from_domain(saga) for saga in order.earlier_attempts],
             manual_intervention_required=order.needs_manual_intervention,
+            status_history=[StatusChange(status=c.status, at=iso_utc(c.at)) for c in order.status_history],
             flow_run_id=order.flow_run_id,
         )
 

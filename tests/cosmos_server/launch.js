@@ -4,7 +4,9 @@
 //    document and answers 500; we answer from the server's own read operation when it finds nothing, and
 //    leave every other read to the stock handler. The adapter is not bent: it reads with `read_item` and
 //    treats 404 as "not found", exactly as against real Cosmos DB.
-// 2. Keep-alive: the CLI closes the connection after every response (~40 ms per HTTPS call).
+// 2. A read with If-None-Match naming the document's current ETag answers 304 without the document, as
+//    Cosmos DB does (the stock handler ignores the header); the order watch reads this way.
+// 3. Keep-alive: the CLI closes the connection after every response (~40 ms per HTTPS call).
 //
 // Usage: node launch.js [--no-ssl] [--host 127.0.0.1] [--port 0]. Prints one line "listening <url>" when
 // ready (port 0 picks a free port); stops on SIGTERM/SIGINT.
@@ -12,7 +14,7 @@
 
 const lib = (name) => require(`@vercel/cosmosdb-server/lib/${name}`);
 
-function answerMissingDocumentsWith404() {
+function answerMissingAndUnmodifiedDocuments() {
   const readDocument = lib("handler/read-document");
   const { readOperation } = lib("handler/_document-operations");
   const partitionHeader = lib("utils/get-partition-from-header").default;
@@ -27,6 +29,10 @@ function answerMissingDocumentsWith404() {
       if (lookup.statusCode === 404) {
         res.statusCode = 404;
         return lookup.body;
+      }
+      if (req.headers["if-none-match"] && req.headers["if-none-match"] === lookup.body._etag) {
+        res.statusCode = 304;
+        return {};
       }
     }
     return stockHandler(account, req, res, params);
@@ -46,7 +52,7 @@ function parseArguments(argv) {
 
 function main() {
   const options = parseArguments(process.argv.slice(2));
-  answerMissingDocumentsWith404();
+  answerMissingAndUnmodifiedDocuments();
   const { createHttpServer, createHttpsServer } = require("@vercel/cosmosdb-server");
   const create = options.ssl ? createHttpsServer : createHttpServer;
   const server = create({ keepAlive: true });

@@ -86,6 +86,21 @@ def test_steps_advance_the_status_and_a_terminal_order_cannot_change(seed_order)
         order.record_step(Step.CREATE_SHIPMENT, "again")
 
 
+def test_an_order_keeps_each_status_it_takes_in_order_with_its_time(seed_order):
+    order = place(seed_order)
+    order.record_step(Step.RESERVE_INVENTORY, "res-1")
+    order.record_step(Step.RESERVE_INVENTORY, "res-1")  # a repeat is no change
+    order.start_compensating(Step.PROCESS_PAYMENT, "PaymentDeclined")
+    order.record_compensation(Compensation.COMPENSATE_INVENTORY, undid_something=True)
+    order.finish_unsuccessfully()
+    order.retry()
+    assert [change.status for change in order.status_history] == [
+        OrderStatus.PROCESSING, OrderStatus.INVENTORY_RESERVED, OrderStatus.COMPENSATING, OrderStatus.FAILED,
+        OrderStatus.PROCESSING]
+    times = [change.at for change in order.status_history]
+    assert times == sorted(times) and times[0] == order.created_at
+
+
 def test_a_cancelled_saga_ends_cancelled_not_failed(seed_order):
     order = started(place(seed_order))
     order.record_step(Step.RESERVE_INVENTORY, "res-1")
