@@ -19,7 +19,7 @@ from fulfillment.bootstrap import bootstrap
 from fulfillment.service.requests import decode_json
 from fulfillment.settings import Settings
 from fulfillment.telemetry import tracing_configured
-from gateway import events, health, observability, openapi, rest
+from gateway import events, graphiql, health, observability, openapi, rest
 from gateway.auth import Authenticator, IssuerUnavailable, Unauthenticated, create_authenticator
 from gateway.errors import exception_handlers
 from gateway.graphql.context import Context
@@ -53,6 +53,10 @@ class GraphQLApp(GraphQLOverHTTP):
         elif not self.should_render_graphql_ide(self.request_adapter_class(request)):
             context = self._context(request, await self._authenticator.actor(request.headers, request.query_params))
         return await super().run(request, context, root_value)
+
+    async def render_graphql_ide(self, request):
+        """Our own GraphiQL page, every file of it served by the gateway (Strawberry's loads them from a CDN)."""
+        return graphiql.page()
 
     async def get_context(self, request, response) -> Context:  # the GraphiQL page's: it runs nothing
         return self._context(request, actor=None)
@@ -97,6 +101,7 @@ def create_app(settings: Settings | None = None, **overrides) -> Starlette:
             *health.routes,
             *openapi.routes,
             *observability.routes,
+            *(graphiql.routes if settings.graphiql else []),
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
         ],
