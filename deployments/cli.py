@@ -5,16 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from typing import Any
 
-from fulfillment.settings import Settings, load_dotenv_file
+from fulfillment.settings import load_dotenv_file, load_settings
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="order-saga", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("up", help="start the Prefect server, the saga worker and the gateway")
+    up = commands.add_parser("up", help="start the Prefect server, the saga worker and the gateway")
+    up.add_argument("--with-queue", action="store_true",
+                    help="also start a local Service Bus (127.0.0.1, OrderProcessing__LocalServiceBusPort) and "
+                         "the listener on it: `order-saga submit --local` sends to it")
     commands.add_parser("worker", help="start one more saga executor (a Prefect worker of the order-saga pool) "
                                        "against the running stack",
                         description="Runs one more saga executor in the foreground, with the environment "
@@ -24,25 +28,30 @@ def main(argv: list[str] | None = None) -> None:
                                  description="Sends orders (a JSON object, an array of them, or JSON lines) to the "
                                              "orders queue, one message each, using the configured connection.")
     submit.add_argument("file", help="a file of orders, or - for standard input")
+    submit.add_argument("--local", action="store_true",
+                        help="send to the local Service Bus of `order-saga up --with-queue`")
     arguments = parser.parse_args(argv)
     load_dotenv_file()
     if arguments.command == "up":
         from deployments.stack import up
 
-        raise SystemExit(up(Settings()))
+        raise SystemExit(up(load_settings(), with_queue=arguments.with_queue))
     if arguments.command == "worker":
         from deployments.stack import run_worker
 
-        run_worker(Settings())
+        run_worker(load_settings())
     if arguments.command == "submit":
-        submit_orders(arguments.file)
+        submit_orders(arguments.file, local=arguments.local)
 
 
-def submit_orders(path: str) -> None:
+def submit_orders(path: str, *, local: bool = False) -> None:
     from deployments.servicebus_listener import client_factory_or_exit
+    from deployments.stack import local_queue_connection
     from fulfillment.adapters.servicebus import send_orders
 
-    settings = Settings()
+    settings = load_settings()
+    if local:
+        os.environ[settings.service_bus_connection_name] = local_queue_connection(settings)
     connect = client_factory_or_exit(settings, "order-saga submit")
     orders = read_orders(path)
     if not orders:

@@ -18,7 +18,7 @@ from fulfillment.adapters.servicebus import (
 )
 from fulfillment.bootstrap import bootstrap
 from fulfillment.logs import configure_logging
-from fulfillment.settings import Settings, load_dotenv_file
+from fulfillment.settings import Settings, load_dotenv_file, load_settings
 
 
 async def serve(settings: Settings, connect: ClientFactory) -> None:
@@ -47,7 +47,7 @@ def client_factory_or_exit(settings: Settings, program: str) -> ClientFactory:
 def main() -> None:
     load_dotenv_file()
     configure_logging()
-    settings = Settings()
+    settings = load_settings()
     asyncio.run(serve(settings, client_factory_or_exit(settings, "servicebus listener")))
 
 

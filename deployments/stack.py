@@ -15,6 +15,7 @@ Ctrl-C or SIGTERM stops them in reverse order.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -29,7 +30,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from fulfillment.logs import configure_logging
 from fulfillment.settings import EMBEDDED_SERVICES_HOST, Settings
+
+log = logging.getLogger("deployments.stack")
 
 READY_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 20
@@ -57,14 +61,19 @@ def stack_environment(settings: Settings) -> dict[str, str]:
     }
 
 
-def up(settings: Settings) -> int:
-    """`order-saga up`: runs the stack until Ctrl-C or SIGTERM."""
+def up(settings: Settings, *, with_queue: bool = False) -> int:
+    """`order-saga up`: runs the stack until Ctrl-C or SIGTERM; `with_queue`: with the local Service Bus, which
+    the listener, the failure announcements and `order-saga submit --local` use."""
     env = {**os.environ, **stack_environment(settings)}
+    if with_queue:
+        env[settings.service_bus_connection_name] = local_queue_connection(settings)
     Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     metrics = Path(env["PROMETHEUS_MULTIPROC_DIR"])
     shutil.rmtree(metrics, ignore_errors=True)  # the values of processes that are gone
     metrics.mkdir(parents=True)
-    return Supervisor(stack_children(settings), env, on_up=lambda: print(banner(settings), flush=True)).run()
+    configure_logging()
+    children = [*([local_queue(settings)] if with_queue else []), *stack_children(settings, env)]
+    return Supervisor(children, env, on_up=lambda: log.info(banner(settings))).run()
 
 
 def run_worker(settings: Settings) -> NoReturn:
@@ -92,7 +101,20 @@ class Child:
     stop_signal: signal.Signals = signal.SIGTERM
 
 
-def stack_children(settings: Settings) -> list[Child]:
+def local_queue_connection(settings: Settings) -> str:
+    from deployments.servicebus_broker import connection_string
+
+    return connection_string(settings.local_service_bus_port)
+
+
+def local_queue(settings: Settings) -> Child:
+    """The local Service Bus of `--with-queue`, with the orders and order-failures queues."""
+    return Child("local service bus", [sys.executable, "-m", "deployments.servicebus_broker",
+                                       "--port", str(settings.local_service_bus_port),
+                                       settings.orders_queue, settings.order_failures_queue])
+
+
+def stack_children(settings: Settings, env: Mapping[str, str]) -> list[Child]:
     from fulfillment.adapters.servicebus import client_factory
 
     api = urlsplit(settings.prefect_api_url)
@@ -106,7 +128,7 @@ def stack_children(settings: Settings) -> list[Child]:
         *([Child("embedded services", services, f"{services_url(settings)}/healthz")]
           if settings.embedded_services_port else []),
         Child("worker", WORKER_COMMAND),
-        *([Child("servicebus listener", listener)] if client_factory(settings, os.environ) is not None else []),
+        *([Child("servicebus listener", listener)] if client_factory(settings, env) is not None else []),
         Child("gateway", [sys.executable, "-m", "gateway"], f"{gateway}/healthz"),
     ]
 
@@ -184,7 +206,7 @@ class Supervisor:
 
     def _start_all(self) -> None:
         for running in self._running:
-            print(f"starting {running.child.name} ...", flush=True)
+            log.info(f"starting {running.child.name} ...")
             if not self._start(running):
                 raise SystemExit(f"{running.child.name} exited with code {running.process.returncode} "
                                  "before the stack was up; stopping the stack")
@@ -207,8 +229,8 @@ class Supervisor:
         running.in_a_row += 1
         running.restarts += 1
         running.restart_at = now + delay
-        print(f"{running.child.name} exited with code {running.process.returncode}; "
-              f"restarting in {delay:g}s (restart {running.restarts})", flush=True)
+        log.warning(f"{running.child.name} exited with code {running.process.returncode}; "
+                    f"restarting in {delay:g}s (restart {running.restarts})")
 
     def _start(self, running: _Running) -> bool:
         """Starts the child and waits until it is ready: False if it exited or did not get ready in time."""
@@ -220,14 +242,13 @@ class Supervisor:
         deadline = running.started_at + self._ready_timeout_s
         while running.process.poll() is None:
             if time.monotonic() > deadline:
-                print(f"{child.name} did not get ready within {self._ready_timeout_s:g}s ({child.ready_url})",
-                      flush=True)
+                log.error(f"{child.name} did not get ready within {self._ready_timeout_s:g}s ({child.ready_url})")
                 running.process.kill()
                 running.process.wait()
                 return False
             try:
                 if httpx.get(child.ready_url, timeout=1).status_code == 200:
-                    print(f"{child.name} is ready", flush=True)
+                    log.info(f"{child.name} is ready")
                     return True
             except httpx.HTTPError:
                 pass
@@ -253,14 +274,14 @@ class Supervisor:
             process = running.process
             if process is None or process.poll() is not None:
                 continue
-            print(f"stopping {running.child.name} ...", flush=True)
+            log.info(f"stopping {running.child.name} ...")
             process.send_signal(running.child.stop_signal)
             try:
                 process.wait(self._stop_timeout_s)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        print("stopped", flush=True)
+        log.info("stopped")
 
 
 class _Stop(Exception):

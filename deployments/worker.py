@@ -49,9 +49,9 @@ from deployments.prefect_patches import skip_suspension_observers
 from deployments.registration import ensure_work_pool, register_deployments, result_storage_block
 from flows import runtime
 from fulfillment.bootstrap import Container, bootstrap
-from fulfillment.domain import Actor, InvalidTransition
+from fulfillment.domain import Actor, InvalidTransition, SagaStopped, StepRefused
 from fulfillment.logs import configure_logging
-from fulfillment.settings import load_dotenv_file
+from fulfillment.settings import load_dotenv_file, load_settings
 from fulfillment.telemetry import PREFECT_API_CALLS, configure_tracing, shutdown_tracing
 
 log = logging.getLogger("fulfillment.worker")
@@ -248,6 +248,32 @@ class CancelledIsNoError(logging.Filter):
         return True
 
 
+class RefusalIsNoError(logging.Filter):
+    """A step the downstream refused (OutOfStock, PaymentDeclined, ShipmentRejected) fails its task run, which
+    Prefect's task engine logs at ERROR, with the traceback, then as its final state: a business outcome, not a
+    fault, so WARNING lines without a traceback, in the console and in the UI alike. Set on `prefect.task_runs`."""
+
+    REFUSALS = (StepRefused, SagaStopped)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._is_refusal(record):
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+    def _is_refusal(self, record: logging.LogRecord) -> bool:
+        if record.exc_info:
+            return isinstance(record.exc_info[1], self.REFUSALS)
+        # the final state names the exception: "Finished in state Failed('... exception StepRefused: ...')"
+        message = record.getMessage()
+        return message.startswith("Finished in state Failed") and any(
+            f"exception {kind.__name__}:" in message for refusal in self.REFUSALS for kind in _with_subclasses(refusal))
+
+
+def _with_subclasses(kind: type) -> list[type]:
+    return [kind, *(sub for subclass in kind.__subclasses__() for sub in _with_subclasses(subclass))]
+
+
 def _named_by_us(flow: Flow) -> Flow:
     """The flow without its run-name template: the dispatcher names each run when it creates it, and the engine
     would otherwise rename the run to the same name through the API, once per run."""
@@ -316,6 +342,7 @@ async def run_executor(container: Container, stop: asyncio.Event) -> None:
     runtime.install(container)
     skip_suspension_observers()
     logging.getLogger("prefect.flow_runs").addFilter(CancelledIsNoError())
+    logging.getLogger("prefect.task_runs").addFilter(RefusalIsNoError())
     api = {PREFECT_API_URL: container.settings.prefect_api_url}
     with temporary_settings(api):
         async with counted_client() as client:
@@ -340,7 +367,7 @@ async def counted_client() -> AsyncIterator[PrefectClient]:
 
 
 async def serve() -> None:
-    container = bootstrap()
+    container = bootstrap(load_settings())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 from dotenv import load_dotenv
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_API_KEY_CHARS = 16
@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     service_bus_max_concurrency: int = _option(8, "OrderProcessing__ServiceBusMaxConcurrency", ge=1, le=256)
     service_bus_prefetch: int = _option(16, "OrderProcessing__ServiceBusPrefetch", ge=0, le=1000)
     service_bus_max_lock_renewal_seconds: float = _option(300, "OrderProcessing__ServiceBusMaxLockRenewalSeconds", gt=0)
+    local_service_bus_port: int = _option(5672, "OrderProcessing__LocalServiceBusPort", ge=1, le=65535)
 
     # Azure Cosmos DB order store (contract §7): selected by a connection string or an account endpoint
     cosmos_connection_string: str = _option("", "OrderProcessing__CosmosConnectionString")
@@ -81,7 +82,7 @@ class Settings(BaseSettings):
 
     # Prefect
     prefect_api_url: str = _option("http://127.0.0.1:4200/api", "PREFECT_API_URL")
-    prefect_ui_url: str = _option("http://127.0.0.1:4200", "PREFECT_UI_URL")
+    prefect_ui_url: str = _option("", "PREFECT_UI_URL", validate_default=True)  # unset: PREFECT_API_URL's server
 
     # Gateway
     gateway_host: str = _option("127.0.0.1", "OrderProcessing__GatewayHost")
@@ -112,6 +113,13 @@ class Settings(BaseSettings):
             raise ValueError(f"every key must be at least {MIN_API_KEY_CHARS} characters long")
         return value
 
+    @field_validator("prefect_ui_url")
+    @classmethod
+    def _ui_of_the_api(cls, value: str, info: ValidationInfo) -> str:
+        """The UI is served with the API (`make up`): its links follow `PREFECT_API_URL` unless told otherwise."""
+        api = info.data.get("prefect_api_url", "")
+        return (value or api.rstrip("/").removesuffix("/api")).rstrip("/")
+
     @model_validator(mode="after")
     def _tokens_have_an_audience(self):
         if self.jwt_issuer and not self.jwt_audience:
@@ -122,3 +130,19 @@ class Settings(BaseSettings):
     @property
     def saga_timeout_seconds(self) -> float:
         return self.saga_timeout_minutes * 60
+
+
+def load_settings() -> Settings:
+    """The settings, or an exit with one line per bad option (its variable and the problem), no traceback.
+
+    Values are not echoed: an option may hold a key."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise SystemExit("\n".join(f"configuration error: {_problem(detail)}" for detail in error.errors())) from None
+
+
+def _problem(detail) -> str:
+    message = detail["msg"].removeprefix("Value error, ")
+    names = ".".join(str(part) for part in detail["loc"])
+    return f"{names}: {message}" if names else message

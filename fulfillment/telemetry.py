@@ -98,3 +98,31 @@ def prometheus_text() -> bytes:
 
 STALE_STOCK_EVENTS = Counter("order_saga_stale_stock_events_total",
                              "Inventory.StockUpdated events skipped: not newer than the product's last applied one")
+
+
+DEAD_LETTER_REASONS = ("InvalidJson", "DeserializationFailed", "ValidationFailed", "ProcessingFailed")
+ORDER_SOURCES = ("rest", "graphql", "servicebus", "eventgrid")
+PARKED_KINDS = ("order", "inventory")
+
+
+def declare_series() -> None:
+    """Every series of a known label value, at 0 from the start: a dashboard or an alert on a rate has the series
+    before its first event (no `absent()`, no gap). The gateway calls it; its `/metrics` adds every process's."""
+    from fulfillment.domain import Compensation, OrderStatus, Step
+    from fulfillment.service.events import Outcome
+
+    ends = [str(status) for status in OrderStatus if status.is_terminal]
+    known = {
+        ORDERS_ACCEPTED: ORDER_SOURCES,
+        SAGA_OUTCOMES: ends,
+        SAGA_DURATION: ends,
+        STEP_DURATION: [(str(action), outcome) for action in [*Step, *Compensation] for outcome in ("succeeded", "failed")],
+        COMPENSATIONS: [str(compensation) for compensation in Compensation],
+        COMPENSATION_FAILURES: [str(compensation) for compensation in Compensation],
+        DEAD_LETTERS: DEAD_LETTER_REASONS,
+        WEBHOOK_EVENTS: [str(outcome) for outcome in Outcome],
+        PARKED_JOBS: PARKED_KINDS,
+    }
+    for metric, values in known.items():
+        for value in values:
+            metric.labels(*(value if isinstance(value, tuple) else (value,)))

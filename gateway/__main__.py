@@ -5,8 +5,8 @@ import gc
 import uvicorn
 
 from fulfillment.logs import configure_logging
-from fulfillment.settings import Settings, load_dotenv_file
-from fulfillment.telemetry import configure_tracing, shutdown_tracing
+from fulfillment.settings import load_dotenv_file, load_settings
+from fulfillment.telemetry import configure_tracing, declare_series, shutdown_tracing
 from gateway.app import create_app
 from gateway.auth import refuse_open_exposure
 
@@ -15,13 +15,14 @@ def main() -> None:
     load_dotenv_file()
     configure_logging()
     configure_tracing("order-saga-gateway")
-    settings = Settings()
+    declare_series()
+    settings = load_settings()
     refuse_open_exposure(settings)
     app = create_app(settings)
     gc.freeze()  # what start-up built lives as long as the process: keep it out of every later collection
     try:
         uvicorn.run(app, host=settings.gateway_host, port=settings.gateway_port, log_level="warning",
-                    access_log=False, ws_max_size=settings.max_body_bytes)
+                    log_config=None, access_log=False, ws_max_size=settings.max_body_bytes)
     finally:
         shutdown_tracing()
 

@@ -6,6 +6,7 @@ unexpected is masked by `MaskErrors` and logged, never shown as a stack trace.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import replace
@@ -40,6 +41,7 @@ from gateway.limits import MaxVariableListLength, max_mutations
 from gateway.rest import idempotency_key as idempotency_key_of
 from gateway.rest import parse_order_id
 
+log = logging.getLogger("gateway.graphql")
 QUERY_CACHE_SIZE = 512
 MAX_VARIABLE_LIST = 500  # so 101 items still get the order rule's typed answer; coercing 500 takes ~40 ms
 
@@ -225,7 +227,7 @@ def create_schema(settings: Settings) -> strawberry.Schema:
     rules = [*QueryDepthLimiter(max_depth=settings.graphql_max_depth).validation_rules,
              *MaxAliasesLimiter(max_alias_count=settings.graphql_max_aliases).validation_rules,
              max_mutations(settings.graphql_max_mutations)]
-    return strawberry.Schema(
+    return _Schema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
@@ -239,6 +241,18 @@ def create_schema(settings: Settings) -> strawberry.Schema:
             lambda: MaskErrors(should_mask_error=_is_unexpected),
         ],
     )
+
+
+class _Schema(strawberry.Schema):
+    def process_errors(self, errors: list[GraphQLError], execution_context=None) -> None:
+        """Unexpected errors are logged with their traceback (Strawberry's way); a client's mistake (a bad
+        argument, a refused request, a limit) is one line, with no traceback: nothing on our side to fix."""
+        unexpected = [error for error in errors if _is_unexpected(error)]
+        super().process_errors(unexpected, execution_context)
+        for error in errors:
+            if not _is_unexpected(error):
+                log.info("graphql request refused: %s", error.message,
+                         extra={"path": error.path, "code": (error.extensions or {}).get("code")})
 
 
 def _is_unexpected(error) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import os
 import signal
 import subprocess
@@ -18,12 +19,12 @@ import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from deployments.servicebus_broker.broker import LocalServiceBus
 from fulfillment.adapters.sqlite_orders import SqliteOrderRepository
 from fulfillment.service.requests import new_order, parse_create_order
 from tests.chaos.downstream import ChaosDownstream
 from tests.conftest import SEED_ORDER
 from tests.prefect_server import free_port
-from tests.servicebus_broker.broker import LocalServiceBus
 from tests.servicebus_broker.helpers import ORDER_FAILURES, ORDERS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,7 +97,8 @@ class OtlpCollector:
         self._server.server_close()
 
 
-def start_stack(data_dir: Path, log: Path, **environment: str) -> tuple[subprocess.Popen, Stack]:
+def start_stack(data_dir: Path, log: Path, *up_options: str, **environment: str) -> tuple[subprocess.Popen, Stack]:
+    """`make up` (`order-saga up` with `up_options`) with its output in `log`, once it says it is up."""
     prefect_port, gateway_port, services_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
@@ -104,12 +106,12 @@ def start_stack(data_dir: Path, log: Path, **environment: str) -> tuple[subproce
         "OrderProcessing__GatewayPort": str(gateway_port),
         "OrderProcessing__EmbeddedServicesPort": str(services_port),
         "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
-        "PREFECT_UI_URL": f"http://127.0.0.1:{prefect_port}",
         "EventGrid__WebhookKey": WEBHOOK_KEY,
         **environment,
     }
     with log.open("w") as output:
-        process = subprocess.Popen(["make", "up"], cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
+        command = [str(Path(sys.executable).parent / "order-saga"), "up", *up_options] if up_options else ["make", "up"]
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
                                    start_new_session=True)
     stack = Stack(f"http://127.0.0.1:{gateway_port}", f"http://127.0.0.1:{env['OrderProcessing__EmbeddedServicesPort']}",
                   env["PREFECT_API_URL"], data_dir, log, env)
@@ -128,9 +130,15 @@ def stop_stack(process: subprocess.Popen, log: Path) -> None:
         os.killpg(process.pid, signal.SIGTERM)
     process.wait(timeout=60)
     deadline = time.monotonic() + 60
-    while not log.read_text().rstrip().endswith("stopped"):
+    while not stopped(log):
         assert time.monotonic() < deadline, f"the stack did not stop cleanly:\n{log.read_text()[-3000:]}"
         time.sleep(0.2)
+
+
+def stopped(log: Path) -> bool:
+    """Whether the supervisor's last line (JSON: the stack's output is not a terminal) says `stopped`."""
+    lines = log.read_text().splitlines()
+    return bool(lines) and lines[-1].startswith("{") and json.loads(lines[-1])["message"] == "stopped"
 
 
 @pytest.fixture(scope="session")

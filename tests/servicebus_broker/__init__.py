@@ -1,8 +1,8 @@
-"""A local Service Bus for tests: an AMQP 1.0 broker the real azure-servicebus SDK connects to.
+"""The local Service Bus in tests: `fixtures` holds pytest fixtures, `helpers` constants and waiting helpers.
 
-`LocalServiceBus` is the broker; `fixtures` holds pytest fixtures and helpers to import into a test module.
+The broker itself ships with the product (`deployments.servicebus_broker`, for `order-saga up --with-queue`).
 """
 
-from tests.servicebus_broker.broker import LocalServiceBus
+from deployments.servicebus_broker import LocalServiceBus
 
 __all__ = ["LocalServiceBus"]

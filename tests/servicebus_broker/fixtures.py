@@ -14,7 +14,7 @@ import pytest_asyncio
 from azure.servicebus import ServiceBusReceiveMode
 from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver, ServiceBusSender
 
-from tests.servicebus_broker.broker import LocalServiceBus
+from deployments.servicebus_broker.broker import LocalServiceBus
 from tests.servicebus_broker.helpers import LOCK_SECONDS, ORDER_FAILURES, ORDERS
 
 

@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 FAST = {"first_s": 0.05, "max_s": 0.2, "reset_after_s": 0.6}
 
 DRIVER = """
-import json, os, sys
+import json, logging, os, sys
 from deployments.stack import Backoff, Child, Supervisor
+logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 spec = json.loads(sys.argv[1])
 children = [Child(**child) for child in spec["children"]]
 supervisor = Supervisor(children, dict(os.environ), backoff=Backoff(**spec["backoff"]), ready_timeout_s=10,

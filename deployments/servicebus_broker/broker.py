@@ -1,6 +1,6 @@
 """A local AMQP 1.0 broker that the real `azure-servicebus` SDK (>= 7.15) talks to as to a Service Bus namespace.
 
-Test infrastructure on python-qpid-proton: queues with peek-lock, dead-letter queues, `$cbs` token exchange,
+Written for the tests and for `order-saga up --with-queue` (the queue path on a laptop), on python-qpid-proton: queues with peek-lock, dead-letter queues, `$cbs` token exchange,
 the `$management` operations the SDK needs (renew-lock, update-disposition) and the settlement echo the SDK
 waits for. See shared/spec/servicebus-local-broker.md for the protocol facts this follows.
 """
@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 from proton import Array, Condition, Data, Delivery, Endpoint, Handler, Link, Message, symbol, timestamp
 from proton.reactor import ApplicationEvent, Container, EventInjector
 
-from tests.servicebus_broker.amqp import messages_in_transfer, stored_message
-from tests.servicebus_broker.entities import EntityNotFound, Lock, LockLost, Namespace, Queue
+from deployments.servicebus_broker.amqp import messages_in_transfer, stored_message
+from deployments.servicebus_broker.entities import EntityNotFound, Lock, LockLost, Namespace, Queue
 
 T = TypeVar("T")
 CREDIT = 1000
@@ -315,9 +315,9 @@ class LocalServiceBus:
     """
 
     def __init__(self, queues: tuple[str, ...] = ("orders", "order-failures"), *, lock_duration: float = 5.0,
-                 max_delivery_count: int = 10):
+                 max_delivery_count: int = 10, port: int = 0):
         self.namespace = Namespace(list(queues), lock_duration=lock_duration, max_delivery_count=max_delivery_count)
-        self.port = _free_port()
+        self.port = port or _free_port()
         self._events = _EventThread(self.namespace, "127.0.0.1", self.port)
         self._container = Container(self._events)
         self._injector = EventInjector()
@@ -326,8 +326,7 @@ class LocalServiceBus:
 
     @property
     def connection_string(self) -> str:
-        return (f"Endpoint=sb://127.0.0.1:{self.port};SharedAccessKeyName=RootManageSharedAccessKey;"
-                "SharedAccessKey=local-test-key;UseDevelopmentEmulator=true")
+        return connection_string(self.port)
 
     def start(self) -> LocalServiceBus:
         self._thread.start()
@@ -363,6 +362,12 @@ class LocalServiceBus:
         self._events.drop_connections()
         self._injector.close()
         self._container.stop()
+
+
+def connection_string(port: int) -> str:
+    """The connection to a local broker on 127.0.0.1:`port`: the emulator's form, plain AMQP, any key."""
+    return (f"Endpoint=sb://127.0.0.1:{port};SharedAccessKeyName=RootManageSharedAccessKey;"
+            "SharedAccessKey=local-key;UseDevelopmentEmulator=true")
 
 
 def _free_port() -> int:

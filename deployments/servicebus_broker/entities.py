@@ -11,7 +11,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 
-from tests.servicebus_broker.amqp import StoredMessage
+from deployments.servicebus_broker.amqp import StoredMessage
 
 DEAD_LETTER_SUFFIX = "/$deadletterqueue"
 
