@@ -58,9 +58,7 @@ async def forbidden(request: Request, exc: Forbidden) -> JSONResponse:
 
 
 async def issuer_unavailable(request: Request, exc: IssuerUnavailable) -> JSONResponse:
-    log.error("token issuer unavailable", extra={"path": request.url.path, "error": str(exc)})
-    return JSONResponse(_body("unavailable", "bearer tokens cannot be checked now, try again"), status_code=503,
-                        headers={"Retry-After": "5"})
+    return _unavailable(request, exc, "the token issuer", "bearer tokens cannot be checked now", retry_after=5)
 
 
 async def idempotency_key_reused(request: Request, exc: IdempotencyKeyReused) -> JSONResponse:
@@ -77,9 +75,14 @@ async def conflict(request: Request, exc: InvalidTransition | ConcurrencyConflic
 
 
 async def unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
-    log.error("store unavailable", extra={"path": request.url.path, "error": str(exc)})
-    return JSONResponse(_body("unavailable", "the order store is unavailable, try again"), status_code=503,
-                        headers={"Retry-After": "1"})
+    return _unavailable(request, exc, "the order store", "the order store is unavailable", retry_after=1)
+
+
+def _unavailable(request: Request, exc: Exception, what: str, message: str, *, retry_after: int) -> JSONResponse:
+    """A 503 the client may retry after `retry_after` seconds; the cause goes to the log."""
+    log.error(f"{what} is unavailable", extra={"path": request.url.path, "error": str(exc)})
+    return JSONResponse(_body("unavailable", f"{message}, try again"), status_code=503,
+                        headers={"Retry-After": str(retry_after)})
 
 
 async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
