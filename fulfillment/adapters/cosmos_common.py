@@ -37,6 +37,8 @@ INDEXING_POLICY = {
     "includedPaths": [{"path": "/*"}],
     # No query looks inside these; leaving them out of the index makes every write cheaper.
     "excludedPaths": [{"path": "/items/*"}, {"path": "/saga/*"}, {"path": '/"_etag"/?'}],
+    # A customer's orders, newest first (cosmos_orders.LIST_BY_CUSTOMER).
+    "compositeIndexes": [[{"path": "/createdAt", "order": "descending"}, {"path": "/id", "order": "descending"}]],
 }
 
 
