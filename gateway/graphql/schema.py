@@ -1,7 +1,8 @@
 """The GraphQL schema: queries, mutations and a subscription over the one order service.
 
 Expected failures are typed results (`ValidationError`, `NotFoundError`, `InvalidStateError`); anything
-unexpected is masked by `MaskErrors` and logged, never shown as a stack trace.
+unexpected is masked by `MaskUnexpectedErrors` and logged, never shown as a stack trace. A query's malformed
+argument is a BAD_USER_INPUT error (REST's 400), one outside the caller's rights a FORBIDDEN error (REST's 403).
 """
 
 from __future__ import annotations
@@ -141,7 +142,8 @@ def bad_user_input(errors: list[DomainFieldError]) -> GraphQLError:
 
 @strawberry.type
 class Query:
-    @strawberry.field(description="An order by id; null if there is none; a BAD_USER_INPUT error if `id` is not one.")
+    @strawberry.field(description="An order by id; null if there is none; a BAD_USER_INPUT error if `id` is not an order "
+                                  "id.")
     async def order(self, info: Info, id: strawberry.ID) -> Order | None:
         return await _load(info, id, argument="id")
 
@@ -250,7 +252,7 @@ def create_schema(settings: Settings) -> strawberry.Schema:
 
 class MaskUnexpectedErrors(MaskErrors):
     """Strawberry's `MaskErrors` for the unexpected errors only, looking for a result's errors with `getattr`: its
-    own test, `isinstance` against a runtime-checkable Protocol, costs every request some 20 µs on Python 3.11."""
+    own test, `isinstance` against a runtime-checkable Protocol, costs every request some 25 µs on Python 3.11."""
 
     def __init__(self) -> None:
         super().__init__(should_mask_error=_is_unexpected)
