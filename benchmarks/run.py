@@ -11,11 +11,13 @@ Legs, all over the same embedded stores and services:
   another process, against a bare Starlette route on the same uvicorn settings (the limit), and GraphQL's
   `{ __typename }` (the floor of the GraphQL machinery itself);
 - peak RSS of each process, and the CPU seconds each process spends per saga in the bursts.
-The last line printed is the summary the issue asks for.
+The last line printed is the summary the issue asks for. `--only gateway` runs the gateway legs alone and
+prints them, without writing BENCHMARKS.md (for measuring a change to the gateway).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -355,7 +357,7 @@ def graphql_execution_us(work: Path) -> dict[str, float]:
     async def measure() -> dict[str, float]:
         container = bootstrap(Settings(data_dir=work / "graphql"))
         order = await container.order_service.place(SEED, source="bench", actor=BENCH)
-        schema, timings = create_schema(8), {}
+        schema, timings = create_schema(container.settings), {}
         for name, document in (("{ __typename }", '{"query": "{ __typename }"}'),
                                ("order(id)", GRAPHQL_ORDER % order.id)):
             request = json.loads(document)
@@ -363,7 +365,7 @@ def graphql_execution_us(work: Path) -> dict[str, float]:
                 started = time.perf_counter()
                 for _ in range(rounds):
                     await schema.execute(request["query"], variable_values=request.get("variables"),
-                                         context_value=Context(container=container))
+                                         context_value=Context(container=container, request=None, actor=BENCH))
             timings[name] = round((time.perf_counter() - started) / 2000 * 1e6)
         await container.aclose()
         return timings
@@ -406,6 +408,11 @@ def versions() -> str:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run")
+    parser.add_argument("--only", choices=["gateway"], help="run these legs alone; BENCHMARKS.md is left as it is")
+    if parser.parse_args().only == "gateway":
+        gateway_only()
+        return
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="order-saga-bench-") as tmp:
         work = Path(tmp)
@@ -437,6 +444,16 @@ def main() -> None:
     }
     write_report(limit, product, default, postgres, gateway, rss, summary, time.monotonic() - started)
     print(" ".join(f"{key}={value}" for key, value in summary.items()), flush=True)
+
+
+def gateway_only() -> None:
+    with tempfile.TemporaryDirectory(prefix="order-saga-bench-") as tmp:
+        gateway = gateway_legs(Path(tmp))
+    bare = gateway["bare route"]["requests_per_s"]
+    for name, leg in gateway.items():
+        if "requests_per_s" in leg:
+            print(f"{name}: {leg['requests_per_s']} requests/s, {leg['requests_per_s'] / bare:.0%} of the bare route")
+    print(f"schema alone, µs per request: {gateway['graphql_execution_us']}", flush=True)
 
 
 def postgres_leg(work: Path) -> dict | None:

@@ -17,8 +17,17 @@ from fulfillment.domain import Order, OrderItem
 
 @dataclass(frozen=True)
 class Page:
+    """Orders newest first, each with its cursor (opaque: passed back, the next page starts after that order),
+    and whether more orders come after the last."""
+
     orders: list[Order]
-    next_cursor: str | None  # opaque; None on the last page
+    cursors: list[str]
+    has_more: bool
+
+    @property
+    def next_cursor(self) -> str | None:
+        """The last order's cursor while more orders follow; None on the last page."""
+        return self.cursors[-1] if self.has_more else None
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from graphql import GraphQLError, OperationType, ValidationRule
@@ -15,7 +14,6 @@ from graphql.language import (
 )
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from strawberry.extensions import SchemaExtension
 
 
 class BodyLimit:
@@ -94,24 +92,8 @@ def max_mutations(limit: int) -> type[ValidationRule]:
     return MaxMutations
 
 
-class MaxVariableListLength(SchemaExtension):
-    """Refuses variables that hold a list longer than `limit` before GraphQL coerces them: graphql-core coerces
-    each element in pure Python, on the event loop (9,000 order items took 0.7 s). Lists written in the document
-    itself are bounded by the token limit."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-
-    def on_validate(self) -> Iterator[None]:
-        longest = _longest_list(self.execution_context.variables)
-        if longest > self.limit:  # errors set before validation stop the request before execution
-            self.execution_context.pre_execution_errors = [
-                *(self.execution_context.pre_execution_errors or []),
-                GraphQLError(f"a list in the variables holds {longest} values; at most {self.limit} are accepted")]
-        yield
-
-
-def _longest_list(value: Any) -> int:
+def longest_list(value: Any) -> int:
+    """The length of the longest list anywhere in `value` (JSON: lists, objects, scalars)."""
     longest, pending = 0, [value]
     while pending:
         current = pending.pop()

@@ -38,6 +38,8 @@ INDEXING_POLICY = {
     # No query looks inside these; leaving them out of the index makes every write cheaper.
     "excludedPaths": [{"path": "/items/*"}, {"path": "/saga/*"}, {"path": "/statusHistory/*"},
                       {"path": '/"_etag"/?'}],
+    # A customer's orders, newest first (cosmos_orders.LIST_BY_CUSTOMER).
+    "compositeIndexes": [[{"path": "/createdAt", "order": "descending"}, {"path": "/id", "order": "descending"}]],
 }
 
 

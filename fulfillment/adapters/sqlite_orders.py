@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import sqlite3
 import time
@@ -13,12 +11,12 @@ from datetime import timedelta
 from pathlib import Path
 
 from fulfillment.adapters.documents import from_document, to_document
+from fulfillment.adapters.order_cursors import cursor_of, position_of
 from fulfillment.adapters.sqlite_changes import CommitSignal
 from fulfillment.adapters.sqlite_db import SqliteDatabase
 from fulfillment.adapters.sqlite_leases import LEASE_COLUMNS, LeasedQueue
-from fulfillment.domain import FieldError, IdempotencyKeyReused, InvalidRequest, Order, OrderNotFound
+from fulfillment.domain import IdempotencyKeyReused, Order, OrderNotFound
 from fulfillment.ports import IdempotencyKey, OutboxEntry, Page
-from fulfillment.service.requests import unicode_problem
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
@@ -81,7 +79,7 @@ class SqliteOrderRepository:
         return await self._db.read(select) if order_ids else []
 
     async def list_by_customer(self, customer_id: str, *, limit: int, cursor: str | None = None) -> Page:
-        after = _decode_cursor(cursor) if cursor else None
+        after = position_of(cursor) if cursor else None
 
         def select(db: sqlite3.Connection) -> list[sqlite3.Row]:
             if after is None:
@@ -93,9 +91,8 @@ class SqliteOrderRepository:
                 " ORDER BY created_at DESC, id DESC LIMIT ?", (customer_id, *after, limit + 1)).fetchall()
 
         rows = await self._db.read(select)
-        page, more = rows[:limit], len(rows) > limit
-        next_cursor = _encode_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None
-        return Page(orders=[_order(row) for row in page], next_cursor=next_cursor)
+        orders = [_order(row) for row in rows[:limit]]
+        return Page(orders=orders, cursors=[cursor_of(order) for order in orders], has_more=len(rows) > limit)
 
     async def update(self, order_id: str, change: Callable[[Order], None]) -> Order:
         def apply(db: sqlite3.Connection) -> Order:
@@ -158,20 +155,6 @@ def _document_row(db: sqlite3.Connection, order_id: str) -> sqlite3.Row | None:
 
 def _order(row: sqlite3.Row) -> Order:
     return from_document(json.loads(row["document"]))
-
-
-def _encode_cursor(created_at: str, order_id: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([created_at, order_id]).encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[str, str]:
-    try:
-        created_at, order_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-    except (ValueError, TypeError, binascii.Error, RecursionError):
-        created_at = order_id = None
-    if not (isinstance(created_at, str) and isinstance(order_id, str)) or unicode_problem(created_at + order_id):
-        raise InvalidRequest([FieldError("after", "is not a cursor returned by this API")])
-    return created_at, order_id
 
 
 def _keyed_order(db: sqlite3.Connection, idempotency: IdempotencyKey) -> Order | None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from starlette.requests import HTTPConnection
@@ -21,12 +22,15 @@ class Context:
     actor: Actor | None
     """None on a WebSocket until its `connection_init` is accepted (`GraphQLApp.on_ws_connect`)."""
     connection_params: dict[str, Any] | None = None  # a WebSocket's `connection_init` payload, set by Strawberry
-    orders: DataLoader[str, Order | Forbidden | None] = field(init=False)
-    flow_runs: DataLoader[str, FlowRunInfo | None] = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.orders = DataLoader(load_fn=self._orders)
-        self.flow_runs = DataLoader(load_fn=self.container.monitor.flow_runs)
+    # Made on first use: most requests need one loader or none, and a request pays for each one made.
+    @cached_property
+    def orders(self) -> DataLoader[str, Order | Forbidden | None]:
+        return DataLoader(load_fn=self._orders)
+
+    @cached_property
+    def flow_runs(self) -> DataLoader[str, FlowRunInfo | None]:
+        return DataLoader(load_fn=self.container.monitor.flow_runs)
 
     @property
     def caller(self) -> Actor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import strawberry
 from strawberry.types import Info
 
@@ -10,6 +12,10 @@ from fulfillment.domain import OrderItem as DomainItem
 from fulfillment.domain import OrderStatus as DomainStatus
 from fulfillment.domain import SagaState as DomainSaga
 from gateway.rest import iso_utc
+
+DateTime = strawberry.scalar(
+    name="DateTime", serialize=iso_utc, parse_value=datetime.fromisoformat,
+    description="A moment in UTC, in ISO 8601 to the second, as the REST routes write it: 2026-01-01T12:00:00Z.")
 
 OrderStatus = strawberry.enum(DomainStatus, name="OrderStatus", description="Where an order is in its saga.")
 
@@ -90,8 +96,8 @@ class Order:
     customer_id: str
     status: OrderStatus
     total_amount: float
-    created_at: str
-    completed_at: str | None
+    created_at: datetime
+    completed_at: datetime | None
     failure_reason: str | None
     items: list[OrderItem]
     saga: SagaState
@@ -115,8 +121,8 @@ class Order:
             customer_id=order.customer_id,
             status=order.status,
             total_amount=float(order.total_amount),
-            created_at=iso_utc(order.created_at),
-            completed_at=iso_utc(order.completed_at) if order.completed_at else None,
+            created_at=order.created_at,
+            completed_at=order.completed_at,
             failure_reason=order.failure_reason,
             items=[OrderItem.from_domain(i) for i in order.items],
             saga=SagaState.from_domain(order.saga),
@@ -130,12 +136,14 @@ class Order:
 @strawberry.type
 class OrderEdge:
     node: Order
+    cursor: str = strawberry.field(description="Passed as `after`, the next page starts just after this order.")
 
 
 @strawberry.type
 class PageInfo:
-    has_next_page: bool
-    end_cursor: str | None
+    has_next_page: bool = strawberry.field(description="Whether more orders come after this page.")
+    end_cursor: str | None = strawberry.field(
+        description="The cursor of the page's last edge, on the last page too; null only for an empty page.")
 
 
 @strawberry.type

@@ -55,7 +55,7 @@ query Order($id: ID!) {
 ORDERS_BY_CUSTOMER = """
 query Orders($customerId: String!, $first: Int, $after: String) {
   ordersByCustomer(customerId: $customerId, first: $first, after: $after) {
-    edges { node { id customerId } }
+    edges { cursor node { id customerId } }
     pageInfo { hasNextPage endCursor }
   }
 }
@@ -104,6 +104,13 @@ def data(client: TestClient, query: str, **variables) -> dict:
 
 def error_messages(result: dict) -> list[str]:
     return [error["message"] for error in result.get("errors", [])]
+
+
+def bad_user_input(result: dict) -> list[dict]:
+    """The argument errors of a result holding one BAD_USER_INPUT error (REST's 400)."""
+    (error,) = result["errors"]
+    assert error["extensions"]["code"] == "BAD_USER_INPUT", error
+    return error["extensions"]["errors"]
 
 
 def create_order(client: TestClient, **changes) -> dict:
@@ -223,13 +230,29 @@ def test_an_order_links_its_flow_run_into_the_prefect_ui(client, settings):
                         "url": f"{settings.prefect_ui_url}/runs/flow-run/{run_id}"}
 
 
-@pytest.mark.parametrize("order_id", [UNKNOWN_ID, "not-a-uuid"])
-def test_an_unknown_order_is_null(client, order_id):
+def test_an_unknown_order_is_null(client):
     create_order(client)
 
-    result = execute(client, ORDER, id=order_id)
+    result = execute(client, ORDER, id=UNKNOWN_ID)
 
     assert result == {"data": {"order": None}}
+
+
+def test_a_malformed_order_id_is_bad_user_input_naming_the_argument_as_rest_answers_400(client):
+    result = execute(client, ORDER, id="not-a-uuid")
+
+    assert result["data"] == {"order": None}
+    assert bad_user_input(result) == [{"field": "id", "message": "must be a UUID, got 'not-a-uuid'"}]
+    rest = client.get("/api/orders/not-a-uuid")
+    assert rest.status_code == 400 and rest.json()["errors"] == bad_user_input(result)
+
+
+def test_timestamps_are_date_times_in_utc(client):
+    fields = data(client, '{ __type(name: "Order") { fields { name type { name ofType { name } } } } }')
+    types = {f["name"]: f["type"]["name"] or f["type"]["ofType"]["name"] for f in fields["__type"]["fields"]}
+
+    assert types["createdAt"] == types["completedAt"] == "DateTime"
+    assert TIMESTAMP.match(create_order(client)["createdAt"])
 
 
 def test_orders_asked_for_together_are_loaded_in_one_batch(tmp_path, settings):
@@ -290,7 +313,7 @@ def test_a_customers_orders_are_paged_relay_style_newest_first(client):
         if not connection["pageInfo"]["hasNextPage"]:
             break
         after = connection["pageInfo"]["endCursor"]
-        assert after
+        assert after == connection["edges"][-1]["cursor"]
         assert len(sizes) <= 5, "hasNextPage never turned false"
 
     assert sizes == [2, 2, 1]
@@ -304,7 +327,27 @@ def test_without_first_all_of_a_customers_orders_come_on_one_page(client):
     connection = data(client, ORDERS_BY_CUSTOMER, customerId="cust-all")["ordersByCustomer"]
 
     assert [edge["node"]["id"] for edge in connection["edges"]] == placed[::-1]
-    assert connection["pageInfo"] == {"hasNextPage": False, "endCursor": None}
+    assert connection["pageInfo"] == {"hasNextPage": False, "endCursor": connection["edges"][-1]["cursor"]}
+
+
+def test_each_edges_cursor_continues_just_after_that_edge(client):
+    newest_first = [create_order(client, customerId="cust-edges")["id"] for _ in range(4)][::-1]
+
+    edges = data(client, ORDERS_BY_CUSTOMER, customerId="cust-edges", first=3)["ordersByCustomer"]["edges"]
+
+    for position, edge in enumerate(edges):
+        rest = data(client, ORDERS_BY_CUSTOMER, customerId="cust-edges", after=edge["cursor"])["ordersByCustomer"]
+        assert [e["node"]["id"] for e in rest["edges"]] == newest_first[position + 1:]
+
+
+def test_the_last_pages_end_cursor_continues_with_an_empty_page(client):
+    create_order(client, customerId="cust-end")
+    last_page = data(client, ORDERS_BY_CUSTOMER, customerId="cust-end")["ordersByCustomer"]
+
+    after_it = data(client, ORDERS_BY_CUSTOMER, customerId="cust-end",
+                    after=last_page["pageInfo"]["endCursor"])["ordersByCustomer"]
+
+    assert after_it == {"edges": [], "pageInfo": {"hasNextPage": False, "endCursor": None}}
 
 
 def test_an_unknown_customer_has_an_empty_connection(client):
@@ -320,17 +363,15 @@ def test_a_page_size_below_one_is_an_error_that_says_so(client, first):
     result = execute(client, ORDERS_BY_CUSTOMER, customerId="cust-001", first=first)
 
     assert result["data"] is None
-    (message,) = error_messages(result)
-    assert "first" in message and "1 or more" in message
-    assert "Unexpected error" not in message
+    (error,) = bad_user_input(result)
+    assert error["field"] == "first" and "1 or more" in error["message"]
 
 
 def test_a_cursor_this_api_did_not_issue_is_an_error_that_says_so(client):
     result = execute(client, ORDERS_BY_CUSTOMER, customerId="cust-001", first=2, after="not-a-cursor")
 
     assert result["data"] is None
-    (message,) = error_messages(result)
-    assert "after" in message and "cursor" in message
+    assert bad_user_input(result) == [{"field": "after", "message": "is not a cursor returned by this API"}]
 
 
 def post_escaped(client: TestClient, query: str, **variables) -> dict:
@@ -407,6 +448,13 @@ def test_saga_state_records_the_compensations_of_a_failed_saga(client, settings)
 
 def test_saga_state_of_an_unknown_order_is_null(client):
     assert data(client, SAGA_STATE, orderId=UNKNOWN_ID) == {"sagaState": None}
+
+
+def test_saga_state_of_a_malformed_order_id_is_bad_user_input_naming_the_argument(client):
+    result = execute(client, SAGA_STATE, orderId="not-a-uuid")
+
+    assert result["data"] == {"sagaState": None}
+    assert [error["field"] for error in bad_user_input(result)] == ["orderId"]
 
 
 # --- cancelOrder --------------------------------------------------------------------------------

@@ -192,10 +192,22 @@ async def test_listing_is_newest_first_and_pages_without_gaps(repository, seed_o
     assert sum(pages, []) == list(reversed(ids))
 
 
-async def test_a_page_that_holds_the_last_order_has_no_cursor(repository, seed_order):
+async def test_each_orders_cursor_continues_just_after_that_order(repository, seed_order):
+    ids = list(reversed(await add_orders(repository, seed_order, 5)))
+    page = await repository.list_by_customer("cust-001", limit=3)
+    assert len(page.cursors) == 3 and page.next_cursor == page.cursors[-1]
+    for position, cursor in enumerate(page.cursors):
+        rest = await repository.list_by_customer("cust-001", limit=10, cursor=cursor)
+        assert [order.id for order in rest.orders] == ids[position + 1:]
+
+
+async def test_a_page_that_holds_the_last_order_has_no_next_cursor_but_a_cursor_for_each_order(
+        repository, seed_order):
     await add_orders(repository, seed_order, 3)
     page = await repository.list_by_customer("cust-001", limit=3)
-    assert len(page.orders) == 3 and page.next_cursor is None
+    assert len(page.orders) == 3 and not page.has_more and page.next_cursor is None
+    after_the_last = await repository.list_by_customer("cust-001", limit=3, cursor=page.cursors[-1])
+    assert after_the_last.orders == [] and not after_the_last.has_more
 
 
 async def test_an_unknown_customer_has_no_orders(repository):
