@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from fulfillment.logs import configure_logging
-from fulfillment.settings import EMBEDDED_SERVICES_HOST, Settings
+from fulfillment.settings import EMBEDDED_SERVICES_HOST, Settings, refuse_open_exposure
 
 log = logging.getLogger("deployments.stack")
 
@@ -64,6 +64,7 @@ def stack_environment(settings: Settings) -> dict[str, str]:
 def up(settings: Settings, *, with_queue: bool = False) -> int:
     """`order-saga up`: runs the stack until Ctrl-C or SIGTERM; `with_queue`: with the local Service Bus, which
     the listener, the failure announcements and `order-saga submit --local` use."""
+    refuse_open_exposure(settings)
     env = {**os.environ, **stack_environment(settings)}
     if with_queue:
         env[settings.service_bus_connection_name] = local_queue_connection(settings)

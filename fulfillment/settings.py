@@ -6,6 +6,7 @@ README's configuration table documents each one.
 
 from __future__ import annotations
 
+import ipaddress
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
@@ -146,3 +147,23 @@ def _problem(detail) -> str:
     message = detail["msg"].removeprefix("Value error, ")
     names = ".".join(str(part) for part in detail["loc"])
     return f"{names}: {message}" if names else message
+
+
+def refuse_open_exposure(settings: Settings) -> None:
+    """A gateway with no authentication serves loopback only, unless `OrderProcessing__AllowAnonymous` says
+    that is meant (behind a proxy that authenticates, say). Raises SystemExit with the one line to act on; the
+    gateway and `order-saga up` check it before they start anything."""
+    if settings.api_keys or settings.jwt_issuer or settings.allow_anonymous or _is_loopback(settings.gateway_host):
+        return
+    raise SystemExit(f"order-saga gateway: refusing to serve {settings.gateway_host} without authentication; "
+                     "set OrderProcessing__ApiKeys or OrderProcessing__JwtIssuer, or "
+                     "OrderProcessing__AllowAnonymous=true to serve it open")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -5,10 +5,9 @@ import gc
 import uvicorn
 
 from fulfillment.logs import configure_logging
-from fulfillment.settings import load_dotenv_file, load_settings
+from fulfillment.settings import load_dotenv_file, load_settings, refuse_open_exposure
 from fulfillment.telemetry import configure_tracing, declare_series, shutdown_tracing
 from gateway.app import create_app
-from gateway.auth import refuse_open_exposure
 
 
 def main() -> None:

@@ -5,7 +5,8 @@
 - A bearer JWT from the configured OIDC issuer (Microsoft Entra ID or any other): signature (the issuer's JWKS),
   issuer, audience, expiry and not-before are checked by PyJWT. It acts for the customer its
   `OrderProcessing__JwtCustomerClaim` names, or for any customer with the `Orders.Admin` role.
-- Neither configured: anyone, as a trusted local caller; `refuse_open_exposure` keeps such a gateway on loopback.
+- Neither configured: anyone, as a trusted local caller; `refuse_open_exposure` (settings) keeps such a gateway
+  on loopback.
 
 Missing or bad credentials raise `Unauthenticated` (401 with `WWW-Authenticate`); what an actor may do is the
 service layer's business (`Actor`, `Forbidden`).
@@ -16,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import ipaddress
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -184,25 +184,6 @@ def create_authenticator(settings: Settings, http: httpx.AsyncClient) -> Authent
         keys = SigningKeys(settings.jwt_issuer, settings.jwt_jwks_url or None, http)
         tokens = TokenVerifier(settings, keys)
     return Authenticator(settings.api_keys, tokens)
-
-
-def refuse_open_exposure(settings: Settings) -> None:
-    """A gateway with no authentication serves loopback only, unless `OrderProcessing__AllowAnonymous` says
-    that is meant (behind a proxy that authenticates, say). Raises SystemExit with the one line to act on."""
-    if settings.api_keys or settings.jwt_issuer or settings.allow_anonymous or _is_loopback(settings.gateway_host):
-        return
-    raise SystemExit(f"order-saga gateway: refusing to serve {settings.gateway_host} without authentication; "
-                     "set OrderProcessing__ApiKeys or OrderProcessing__JwtIssuer, or "
-                     "OrderProcessing__AllowAnonymous=true to serve it open")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _roles(claims: Mapping[str, Any]) -> list[str]:

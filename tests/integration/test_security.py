@@ -14,9 +14,9 @@ import pytest
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from fulfillment.settings import Settings
+from fulfillment.settings import Settings, refuse_open_exposure
 from gateway.app import create_app
-from gateway.auth import REFETCH_FLOOR_S, refuse_open_exposure
+from gateway.auth import REFETCH_FLOOR_S
 from tests.conftest import SEED_ORDER
 from tests.oidc_issuer import AUDIENCE, Issuer, SigningKey, running_issuer
 
@@ -307,6 +307,14 @@ def test_the_gateway_process_refuses_an_open_address_in_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == [
         "order-saga gateway: refusing to serve 0.0.0.0 without authentication; set OrderProcessing__ApiKeys or "
         "OrderProcessing__JwtIssuer, or OrderProcessing__AllowAnonymous=true to serve it open"]
+
+
+def test_order_saga_up_refuses_an_open_address_before_it_starts_anything(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "OrderProcessing__GatewayHost": "0.0.0.0", "OrderProcessing__DataDir": str(tmp_path)}
+    done = subprocess.run([str(Path(sys.executable).parent / "order-saga"), "up"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "refusing to serve 0.0.0.0 without authentication" in done.stderr
+    assert done.stdout == "" and not (tmp_path / "prefect").exists()  # no process was started
 
 
 def test_a_short_function_key_or_an_issuer_without_audience_is_a_configuration_error(issuer):
