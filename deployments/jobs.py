@@ -263,9 +263,23 @@ class SagaJobs:
             return self._look_again  # waiting for an executor (a paused pool or deployment keeps it waiting)
         if order.claim is not None and order.claim.expires_at > now:
             return order.claim.expires_at - now + timedelta(seconds=1)
-        return await self._runs.redrive(
+        look_again = await self._runs.redrive(
             run, stalled=f"its executor stopped renewing its claim on order {order.id}",
             ended_early=report(order).message, max_attempts=self._max_attempts, look_again=self._look_again)
+        return await self._unless_finished_meanwhile(order.id, look_again)
+
+    async def _unless_finished_meanwhile(self, order_id: str, look_again: timedelta) -> timedelta | None:
+        """A late executor may finish the order while its run is re-driven: its claim ran out but nobody took it,
+        so its writes still land. Its run, just rescheduled, would then have nothing to do, and once that
+        executor lets the entry go nothing would watch the run (an executor killed while running it would leave
+        it Running for good). So the order is read again, and a finished one's run ends as the order did."""
+        order = await self._orders.get(order_id)
+        if not order.status.is_terminal:
+            return look_again
+        if order.flow_run_id and (run := await self._runs.read(order.flow_run_id)) is not None:
+            await self._runs.mirror(run, order)
+        await self._announce(order)
+        return None
 
 
 def park(run: FlowRun, why: str, max_attempts: int) -> timedelta:

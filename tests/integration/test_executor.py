@@ -17,7 +17,7 @@ from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
 from deployments import worker
-from deployments.jobs import PrefectRuns, SagaJobs
+from deployments.jobs import Job, PrefectRuns, SagaJobs
 from deployments.worker import run_executor
 from fulfillment.bootstrap import bootstrap
 from fulfillment.domain import Actor, OrderStatus, Step, TransientFault
@@ -323,3 +323,37 @@ async def test_a_run_waiting_to_re_run_an_order_another_run_finished_ends_as_the
             mirrored = await client.read_flow_run(own.id)
     await services.aclose()
     assert mirrored.state_type.value == "FAILED"
+
+
+async def test_a_run_re_driven_while_its_late_executor_finishes_the_order_ends_as_the_order_did(settings, ui):
+    """The executor's claim ran out but nobody took it: while the dispatcher takes the run over, the executor
+    completes the order. The rescheduled run must not be left for a re-run nobody would watch."""
+    async with executor(settings):
+        pass  # the deployments exist
+    services = bootstrap(settings)
+
+    class LateExecutorFinishes(PrefectRuns):
+        async def take_over(self, run, why):
+            await super().take_over(run, why)
+            await services.orders.update(order.id, lambda o: o.complete())
+
+    with temporary_settings({PREFECT_API_URL: settings.prefect_api_url}):
+        async with get_client() as client:
+            deployment = (await client.read_deployment_by_name("order-saga/order-saga")).id
+            runs = LateExecutorFinishes(client, {"order-saga": deployment}, NoExecutor())
+            jobs = SagaJobs(services.outbox, services.orders, services.failures, runs, max_attempts=10,
+                            claim_seconds=1)
+            order = await place(services, {"customerId": "c1", "items": [
+                {"productId": "p-late", "productName": "Thing", "quantity": 1, "unitPrice": Decimal("5")}]})
+            own = await runs.ensure(order.id, jobs.run_request(order))
+            for state in ({"type": "PENDING"}, {"type": "RUNNING"}):
+                httpx.post(f"{ui.api}/flow_runs/{own.id}/set_state", json={"state": state}).raise_for_status()
+            past = datetime.now(UTC) - timedelta(seconds=10)
+            await services.orders.update(order.id, lambda o: (o.attach_flow_run(str(own.id)), o.begin_saga(past),
+                                                              o.claim_saga("late executor", "t", past, past)))
+            await asyncio.sleep(1.2)  # the run has been Running longer than a just-claimed one would be
+            look_again = await jobs.reconcile(Job(order.id, 1))
+            ended = await client.read_flow_run(own.id)
+    await services.aclose()
+    assert look_again is None  # the job is over: the order finished
+    assert ended.state_type.value == "COMPLETED"
