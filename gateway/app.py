@@ -95,15 +95,15 @@ def create_app(settings: Settings | None = None, **overrides) -> Starlette:
     if tracing_configured():
         middleware.insert(0, Middleware(observability.TracingMiddleware))
     return Starlette(
-        routes=[
+        routes=[  # /graphql first: no other path overlaps it, and Starlette tries each route in turn
+            Route("/graphql", graphql, methods=["GET", "POST"]),
+            WebSocketRoute("/graphql", graphql),
             *rest.routes,
             *(events.routes if settings.event_grid_webhook_key else []),
             *health.routes,
             *openapi.routes,
             *observability.routes,
             *(graphiql.routes if settings.graphiql else []),
-            Route("/graphql", graphql, methods=["GET", "POST"]),
-            WebSocketRoute("/graphql", graphql),
         ],
         middleware=middleware,
         exception_handlers=exception_handlers,

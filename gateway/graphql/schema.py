@@ -171,7 +171,7 @@ class Query:
                                   "error if `orderId` is not an order id.")
     async def saga_state(self, info: Info, order_id: strawberry.ID) -> SagaState | None:
         order = await _load(info, order_id, argument="orderId")
-        return order.saga if order else None
+        return SagaState.from_domain(order.domain.saga) if order else None
 
 
 @strawberry.type
