@@ -2,7 +2,7 @@
 
 Every executor runs one; the entries' leases keep two dispatchers off one entry. What reconciling does is the
 job source's business (jobs.py); this loop only claims, reconciles, and gives the entry back for later or
-lets it go.
+lets it go. Every `sweep_every` it also sweeps the runs whose job is over but which were left unfinished.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from deployments.jobs import Job, JobSource
@@ -22,7 +23,7 @@ MAX_ERROR_DELAY = timedelta(seconds=60)
 
 class Dispatcher:
     def __init__(self, sources: list[JobSource], worker_id: str, *, lease: timedelta, poll_seconds: float,
-                 capacity: Callable[[], int]):
+                 capacity: Callable[[], int], sweep: Callable[[], Awaitable[None]], sweep_every: timedelta):
         """`lease`: how long a claimed entry is this dispatcher's (a paused one holds its entries that long).
         `capacity`: how many runs this process's executor can take now. The dispatcher claims no more entries
         than that, so the runs it creates start at once here; a backlog waits in the store, not as a crowd of
@@ -32,9 +33,15 @@ class Dispatcher:
         self._worker_id = worker_id
         self._poll_seconds = poll_seconds
         self._capacity = capacity
+        self._sweep = sweep
+        self._sweep_every = sweep_every.total_seconds()
 
     async def run(self, stop: asyncio.Event) -> None:
+        swept = time.monotonic()
         while not stop.is_set():
+            if time.monotonic() - swept >= self._sweep_every:
+                await self._sweep_safely()
+                swept = time.monotonic()
             claimed = 0
             for source in self._sources:
                 if self._capacity() <= 0:
@@ -44,6 +51,12 @@ class Dispatcher:
                 await asyncio.gather(*(self._reconcile(source, job) for job in jobs))
             if not claimed:
                 await wait(stop, self._poll_seconds)
+
+    async def _sweep_safely(self) -> None:
+        try:
+            await self._sweep()
+        except Exception:  # noqa: BLE001 - the next sweep looks again
+            log.exception("could not sweep the runs nothing watches")
 
     async def _claim(self, source: JobSource) -> list[Job]:
         try:

@@ -17,6 +17,13 @@ from typing import Any, Protocol
 from uuid import UUID, uuid4
 
 from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
 from prefect.client.schemas.objects import FlowRun, StateDetails, StateType
 from prefect.exceptions import Abort, ObjectNotFound
 from prefect.states import AwaitingRetry, Cancelled, Completed, Crashed, Failed, Pending, State
@@ -32,6 +39,8 @@ log = logging.getLogger("fulfillment.dispatcher")
 MAX_BACKOFF = timedelta(minutes=5)
 PARKED_FOR = timedelta(days=7)
 ACTIVE = frozenset({StateType.PENDING, StateType.RUNNING, StateType.CANCELLING})
+UNFINISHED = [StateType.PENDING, StateType.RUNNING]  # claimed; a Scheduled run waits for an executor (or a Retry)
+SWEEP_LIMIT = 200  # Prefect's page limit; what a sweep leaves, the next one takes
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,16 @@ class PrefectRuns:
         return await self._client.create_flow_run_from_deployment(
             self._deployments[request.deployment], parameters=request.parameters, name=request.name,
             tags=list(request.tags), idempotency_key=key, labels=labels, state=state)
+
+    async def unfinished(self, deployment: str, *, untouched_for: timedelta) -> list[FlowRun]:
+        """The deployment's runs claimed by an executor (Pending, Running) whose state has not changed for
+        `untouched_for`."""
+        runs = await self._client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=UNFINISHED))),
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[self._deployments[deployment]])),
+            limit=SWEEP_LIMIT)
+        before = datetime.now(UTC) - untouched_for
+        return [run for run in runs if run.state and run.state.timestamp and run.state.timestamp < before]
 
     async def read(self, flow_run_id: str) -> FlowRun | None:
         try:
@@ -267,6 +286,21 @@ class SagaJobs:
             run, stalled=f"its executor stopped renewing its claim on order {order.id}",
             ended_early=report(order).message, max_attempts=self._max_attempts, look_again=self._look_again)
         return await self._unless_finished_meanwhile(order.id, look_again)
+
+    async def sweep(self) -> None:
+        """Ends the runs nothing watches any more as their orders ended. A job is over once its order is, but its
+        run may still be rescheduled or claimed around then (a takeover racing the late executor's last write,
+        an executor claiming it just before it is mirrored); if that run's executor then dies, no entry is left
+        to bring the run in step. Such a run is Pending or Running, untouched for a while, and its order is over
+        (a live executor ends such a run in moments). Scheduled runs are left alone: an executor will take them,
+        and an operator's Retry of a failed order waits as one, maybe behind a paused pool."""
+        runs = await self._runs.unfinished(self.deployment, untouched_for=2 * self._look_again)
+        orders = await self._orders.get_many([run.parameters["order_id"] for run in runs])
+        for run, order in zip(runs, orders, strict=True):
+            if order is not None and order.status.is_terminal and order.flow_run_id == str(run.id):
+                log.warning("flow run %s (%s) was left %s by an executor that stopped; it ends as its order did",
+                            run.id, run.name, run.state_name, extra={"flow_run_id": str(run.id)})
+                await self._runs.mirror(run, order)
 
     async def _unless_finished_meanwhile(self, order_id: str, look_again: timedelta) -> timedelta | None:
         """A late executor may finish the order while its run is re-driven: its claim ran out but nobody took it,

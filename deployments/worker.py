@@ -62,6 +62,7 @@ CANCEL_CHECK = timedelta(seconds=1)
 IDLE_POLL = timedelta(seconds=2)
 BUSY_POLL = timedelta(seconds=0.25)  # while the pool has a backlog: batches of runs, not a poll per run
 SHUTDOWN_GRACE = timedelta(seconds=10)
+SWEEP_EVERY_CLAIMS = 2  # how often, in claim lengths, the dispatcher sweeps runs left unfinished
 OPERATOR = Actor.trusted("prefect-ui")  # whoever may cancel a run in Prefect may cancel its order
 AfterRun = Callable[[FlowRun, State], Awaitable[None]]
 OnCancelling = Callable[[FlowRun], Awaitable[None]]
@@ -314,9 +315,11 @@ class Executor:
         self._event_jobs = InventoryEventJobs(self._container.inventory_events, runs,
                                               max_attempts=settings.max_job_attempts,
                                               claim_seconds=settings.saga_claim_seconds)
+        claim = timedelta(seconds=settings.saga_claim_seconds)
         dispatcher = Dispatcher([self._saga_jobs, self._event_jobs], self._name,
                                 lease=timedelta(seconds=settings.saga_claim_seconds),
-                                poll_seconds=settings.outbox_poll_seconds, capacity=worker.free_slots)
+                                poll_seconds=settings.outbox_poll_seconds, capacity=worker.free_slots,
+                                sweep=self._saga_jobs.sweep, sweep_every=SWEEP_EVERY_CLAIMS * claim)
         dispatching = asyncio.create_task(dispatcher.run(stop))
         try:
             await worker.run(stop)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -301,59 +302,87 @@ class NoExecutor:
         pass
 
 
-async def test_a_run_waiting_to_re_run_an_order_another_run_finished_ends_as_the_order_did(settings, ui):
-    """A Quick run finished the order; the order's own run, waiting to be re-run, must not take the failed order
-    for an operator's Retry."""
+@contextlib.asynccontextmanager
+async def saga_jobs(settings, product_id: str, runs_class=PrefectRuns):
+    """The saga jobs of a dispatcher with no executor, over a real Prefect client, and an order whose run exists
+    (`Scheduled`) but is not attached yet: yields (services, client, runs, jobs, order, its run)."""
     async with executor(settings):
         pass  # the deployments exist
     services = bootstrap(settings)
-    with temporary_settings({PREFECT_API_URL: settings.prefect_api_url}):
-        async with get_client() as client:
-            deployment = (await client.read_deployment_by_name("order-saga/order-saga")).id
-            runs = PrefectRuns(client, {"order-saga": deployment}, NoExecutor())
-            jobs = SagaJobs(services.outbox, services.orders, services.failures, runs, max_attempts=10,
-                            claim_seconds=1)
-            order = await place(services, {"customerId": "c1", "items": [
-                {"productId": "hazmat-quick", "productName": "Thing", "quantity": 1, "unitPrice": Decimal("5")}]})
-            own = await runs.ensure(order.id, jobs.run_request(order))
-            await services.orders.update(order.id, lambda o: o.attach_flow_run(str(own.id)))
-            await runs.retry_later(own, timedelta(hours=1), "a compensation kept failing")
-            assert (await services.saga_runs.execute(order.id, "quick-run")).outcome.value == "failed"
-            await jobs.after_run(order.id, "quick-run")
-            mirrored = await client.read_flow_run(own.id)
-    await services.aclose()
+    try:
+        with temporary_settings({PREFECT_API_URL: settings.prefect_api_url}):
+            async with get_client() as client:
+                deployment = (await client.read_deployment_by_name("order-saga/order-saga")).id
+                runs = runs_class(client, {"order-saga": deployment}, NoExecutor())
+                jobs = SagaJobs(services.outbox, services.orders, services.failures, runs, max_attempts=10,
+                                claim_seconds=1)
+                order = await place(services, {"customerId": "c1", "items": [
+                    {"productId": product_id, "productName": "Thing", "quantity": 1, "unitPrice": Decimal("5")}]})
+                own = await runs.ensure(order.id, jobs.run_request(order))
+                yield services, client, runs, jobs, order, own
+    finally:
+        await services.aclose()
+
+
+async def test_a_run_waiting_to_re_run_an_order_another_run_finished_ends_as_the_order_did(settings, ui):
+    """A Quick run finished the order; the order's own run, waiting to be re-run, must not take the failed order
+    for an operator's Retry."""
+    async with saga_jobs(settings, "hazmat-quick") as (services, client, runs, jobs, order, own):
+        await services.orders.update(order.id, lambda o: o.attach_flow_run(str(own.id)))
+        await runs.retry_later(own, timedelta(hours=1), "a compensation kept failing")
+        assert (await services.saga_runs.execute(order.id, "quick-run")).outcome.value == "failed"
+        await jobs.after_run(order.id, "quick-run")
+        mirrored = await client.read_flow_run(own.id)
     assert mirrored.state_type.value == "FAILED"
+
+
+class LateExecutorFinishes(PrefectRuns):
+    """Takes a run over as the dispatcher does, while the late executor (its own store connection) completes the
+    order."""
+
+    def __init__(self, *args, late_orders):
+        super().__init__(*args)
+        self._late_orders = late_orders
+
+    async def take_over(self, run, why):
+        await super().take_over(run, why)
+        await self._late_orders.update(run.parameters["order_id"], lambda o: o.complete())
 
 
 async def test_a_run_re_driven_while_its_late_executor_finishes_the_order_ends_as_the_order_did(settings, ui):
     """The executor's claim ran out but nobody took it: while the dispatcher takes the run over, the executor
     completes the order. The rescheduled run must not be left for a re-run nobody would watch."""
-    async with executor(settings):
-        pass  # the deployments exist
-    services = bootstrap(settings)
-
-    class LateExecutorFinishes(PrefectRuns):
-        async def take_over(self, run, why):
-            await super().take_over(run, why)
-            await services.orders.update(order.id, lambda o: o.complete())
-
-    with temporary_settings({PREFECT_API_URL: settings.prefect_api_url}):
-        async with get_client() as client:
-            deployment = (await client.read_deployment_by_name("order-saga/order-saga")).id
-            runs = LateExecutorFinishes(client, {"order-saga": deployment}, NoExecutor())
-            jobs = SagaJobs(services.outbox, services.orders, services.failures, runs, max_attempts=10,
-                            claim_seconds=1)
-            order = await place(services, {"customerId": "c1", "items": [
-                {"productId": "p-late", "productName": "Thing", "quantity": 1, "unitPrice": Decimal("5")}]})
-            own = await runs.ensure(order.id, jobs.run_request(order))
-            for state in ({"type": "PENDING"}, {"type": "RUNNING"}):
-                httpx.post(f"{ui.api}/flow_runs/{own.id}/set_state", json={"state": state}).raise_for_status()
-            past = datetime.now(UTC) - timedelta(seconds=10)
-            await services.orders.update(order.id, lambda o: (o.attach_flow_run(str(own.id)), o.begin_saga(past),
-                                                              o.claim_saga("late executor", "t", past, past)))
-            await asyncio.sleep(1.2)  # the run has been Running longer than a just-claimed one would be
-            look_again = await jobs.reconcile(Job(order.id, 1))
-            ended = await client.read_flow_run(own.id)
-    await services.aclose()
+    late = bootstrap(settings)
+    runs_class = functools.partial(LateExecutorFinishes, late_orders=late.orders)
+    async with saga_jobs(settings, "p-late", runs_class) as (services, client, runs, jobs, order, own):
+        for state in ({"type": "PENDING"}, {"type": "RUNNING"}):
+            httpx.post(f"{ui.api}/flow_runs/{own.id}/set_state", json={"state": state}).raise_for_status()
+        past = datetime.now(UTC) - timedelta(seconds=10)
+        await services.orders.update(order.id, lambda o: (o.attach_flow_run(str(own.id)), o.begin_saga(past),
+                                                          o.claim_saga("late executor", "t", past, past)))
+        await asyncio.sleep(1.2)  # the run has been Running longer than a just-claimed one would be
+        look_again = await jobs.reconcile(Job(order.id, 1))
+        ended = await client.read_flow_run(own.id)
+    await late.aclose()
     assert look_again is None  # the job is over: the order finished
     assert ended.state_type.value == "COMPLETED"
+
+
+async def test_a_sweep_ends_a_claimed_run_left_behind_as_its_finished_order_and_leaves_waiting_runs(settings, ui):
+    """An executor claimed the run of an order that was already over, then died: no job watches the run any
+    more, and the sweep ends it as the order ended. A scheduled run (an operator's Retry waiting behind a paused
+    pool, say) and a run of an order still going are left alone."""
+    async with saga_jobs(settings, "p-swept") as (services, client, runs, jobs, order, left_behind):
+        for state in ({"type": "PENDING"}, {"type": "RUNNING"}):
+            httpx.post(f"{ui.api}/flow_runs/{left_behind.id}/set_state", json={"state": state}).raise_for_status()
+        await services.orders.update(order.id, lambda o: (o.attach_flow_run(str(left_behind.id)), o.complete()))
+        going = await place(services, {"customerId": "c1", "items": [
+            {"productId": "p-going", "productName": "Thing", "quantity": 1, "unitPrice": Decimal("5")}]})
+        running = await runs.ensure(going.id, jobs.run_request(going))
+        for state in ({"type": "PENDING"}, {"type": "RUNNING"}):
+            httpx.post(f"{ui.api}/flow_runs/{running.id}/set_state", json={"state": state}).raise_for_status()
+        await services.orders.update(going.id, lambda o: o.attach_flow_run(str(running.id)))
+        await asyncio.sleep(2.2)  # untouched for two claim lengths
+        await jobs.sweep()
+        states = [(await client.read_flow_run(run.id)).state_type.value for run in (left_behind, running)]
+    assert states == ["COMPLETED", "RUNNING"]
