@@ -54,6 +54,7 @@ SHUTDOWN_GRACE_SECONDS = 10.0
 MAX_RECONNECT_DELAY_SECONDS = 30.0
 MAX_ABANDON_DELAY_SECONDS = 60.0
 MAX_DESCRIPTION_CHARS = 1024
+SETTLE_TIMEOUT_S = 10.0
 
 
 def client_factory(settings: Settings, environ: Mapping[str, str]) -> ClientFactory | None:
@@ -233,7 +234,7 @@ class ServiceBusOrderListener:
     async def _settle(self, settlement: Awaitable[None], context: dict[str, Any], *, outcome: str,
                       **details: Any) -> None:
         try:
-            await settlement
+            await asyncio.wait_for(settlement, SETTLE_TIMEOUT_S)  # a link dropped mid-call may never answer
         except Exception as error:  # noqa: BLE001 - lock lost, connection lost, receiver closed: the lock expires
             log.warning("could not settle the message; Service Bus redelivers it once its lock expires",
                         extra={**context, **details, "outcome": outcome, "settle_error": repr(error)})

@@ -301,7 +301,7 @@ async def test_the_listener_reconnects_after_the_broker_restarts_and_loses_nothi
         await eventually(lambda: container.orders.add_calls == 3, what="the slow message in flight")
         await asyncio.to_thread(empty_servicebus.restart, 1.0)
         await orders_sender.send_messages([a_message(an_order("cust-restart")) for _ in range(2)])
-        await eventually(lambda: all_settled(empty_servicebus, completed=5), timeout=30, what="every message settled")
+        await eventually(lambda: all_settled(empty_servicebus, completed=5), timeout=60, what="every message settled")
 
     assert len(await orders_of(container, "cust-restart")) == 5
     assert await container.outbox.pending_count() == 5
