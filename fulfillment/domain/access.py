@@ -27,6 +27,10 @@ class Actor:
     def may_act_for(self, customer_id: str) -> bool:
         return self.customer_id is None or self.customer_id == customer_id
 
+    def refusal_for(self, customer_id: str) -> Forbidden | None:
+        """The error for acting for `customer_id`, or None if this actor may."""
+        return None if self.may_act_for(customer_id) else Forbidden("this caller acts for its own customer only")
+
     def check_acts_for(self, customer_id: str) -> None:
-        if not self.may_act_for(customer_id):
-            raise Forbidden("this caller acts for its own customer only")
+        if refusal := self.refusal_for(customer_id):
+            raise refusal

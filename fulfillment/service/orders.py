@@ -58,8 +58,7 @@ class OrderService:
 
     async def get_many(self, order_ids: list[str], *, actor: Actor) -> list[Order | Forbidden | None]:
         """For a DataLoader: each order in its id's place, None if unknown, a `Forbidden` if not the actor's."""
-        return [Forbidden("this caller acts for its own customer only")
-                if order is not None and not actor.may_act_for(order.customer_id) else order
+        return [(actor.refusal_for(order.customer_id) or order) if order is not None else None
                 for order in await self._orders.get_many(order_ids)]
 
     async def list_by_customer(self, customer_id: str, *, actor: Actor, first: int | None = None,
