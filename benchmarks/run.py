@@ -36,7 +36,8 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.postgres import postgres_bin_dir, throwaway_postgres
+from benchmarks.postgres import throwaway_postgres
+from deployments.postgres import postgres_bin_dir
 from fulfillment.domain import Actor
 from fulfillment.settings import Settings
 

@@ -19,6 +19,12 @@ def main(argv: list[str] | None = None) -> None:
     up.add_argument("--with-queue", action="store_true",
                     help="also start a local Service Bus (127.0.0.1, OrderProcessing__LocalServiceBusPort) and "
                          "the listener on it: `order-saga submit --local` sends to it")
+    up.add_argument("--profile", choices=["embedded", "scaled"], default="embedded",
+                    help="embedded (default): Prefect on SQLite in one process; scaled: Prefect on PostgreSQL and "
+                         "Redis from the machine's packages, its API in several processes and its services apart "
+                         "(README, \"Scaling out\")")
+    up.add_argument("--executors", type=int, help="saga executors to start (default: 1, scaled: 2)")
+    up.add_argument("--api-workers", type=int, help="Prefect API processes (scaled only; default 2)")
     commands.add_parser("worker", help="start one more saga executor (a Prefect worker of the order-saga pool) "
                                        "against the running stack",
                         description="Runs one more saga executor in the foreground, with the environment "
@@ -35,13 +41,22 @@ def main(argv: list[str] | None = None) -> None:
     if arguments.command == "up":
         from deployments.stack import up
 
-        raise SystemExit(up(load_settings(), with_queue=arguments.with_queue))
+        raise SystemExit(up(load_settings(), with_queue=arguments.with_queue, topology=topology(arguments)))
     if arguments.command == "worker":
         from deployments.stack import run_worker
 
         run_worker(load_settings())
     if arguments.command == "submit":
         submit_orders(arguments.file, local=arguments.local)
+
+
+def topology(arguments: argparse.Namespace):
+    from deployments.scaled import Topology
+
+    scaled = arguments.profile == "scaled"
+    default = 2 if scaled else 1
+    return Topology(executors=default if arguments.executors is None else arguments.executors,
+                    api_workers=default if arguments.api_workers is None else arguments.api_workers, scaled=scaled)
 
 
 def submit_orders(path: str, *, local: bool = False) -> None:

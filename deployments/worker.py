@@ -160,7 +160,7 @@ class SagaWorker:
             state = await run_flow_async(self._flows[run.deployment_id], flow_run=run, parameters=run.parameters,
                                          return_type="state")
             log.info("flow run finished", extra={"flow_run": run.name, "flow_run_id": str(run.id),
-                                                 "state": state.name})
+                                                 "state": state.name, "worker": self.name})
             await self._after_run(run, state)
         except Abort as taken_over:
             log.warning("flow run %s stopped here: %s", run.name, taken_over, extra={"flow_run_id": str(run.id)})

@@ -84,10 +84,14 @@ class Settings(BaseSettings):
     # Prefect
     prefect_api_url: str = _option("http://127.0.0.1:4200/api", "PREFECT_API_URL")
     prefect_ui_url: str = _option("", "PREFECT_UI_URL", validate_default=True)  # unset: PREFECT_API_URL's server
+    # The PostgreSQL and Redis servers of `order-saga up --profile scaled`, on 127.0.0.1
+    postgres_port: int = _option(5433, "OrderProcessing__PostgresPort", ge=1, le=65535)
+    redis_port: int = _option(6380, "OrderProcessing__RedisPort", ge=1, le=65535)
 
     # Gateway
     gateway_host: str = _option("127.0.0.1", "OrderProcessing__GatewayHost")
     gateway_port: int = _option(8000, "OrderProcessing__GatewayPort", ge=0, le=65535)
+    gateway_workers: int = _option(1, "OrderProcessing__GatewayWorkers", ge=1, le=64)  # uvicorn processes
     max_body_bytes: int = _option(1_048_576, "OrderProcessing__MaxBodyBytes", ge=1024)
     graphiql: bool = _option(True, "OrderProcessing__GraphiQL")
     graphql_max_depth: int = _option(8, "OrderProcessing__GraphQLMaxDepth", ge=2)

@@ -185,6 +185,66 @@ def stack(stack_dir, preloaded_order, otlp_collector, servicebus):
     stop_stack(process, stack.log)
 
 
+RUN_STATE = {"completed": "COMPLETED", "failed": "FAILED", "cancelled": "CANCELLED"}  # a run mirrors its order
+
+
+def settled(stack, order_ids: list[str], timeout: float) -> list[dict]:
+    """Every order terminal and the saga backlog empty (each run mirrors its order)."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=30) as http:
+        while True:
+            orders = [http.get(f"{stack.gateway}/api/orders/{order_id}").json() for order_id in order_ids]
+            open_orders = [o["id"] for o in orders if o["status"] not in ("completed", "failed", "cancelled")]
+            backlog = http.get(f"{stack.gateway}/readyz").json().get("sagaBacklog")
+            if not open_orders and not backlog:
+                return orders
+            assert time.monotonic() < deadline, f"not settled: {len(open_orders)} open, backlog {backlog}: " \
+                                                f"{open_orders[:5]}"
+            time.sleep(1)
+
+
+def runs_in_step(stack, order_ids: list[str], want: dict[str, list[str]], timeout: float) -> dict[str, list[str]]:
+    """The runs once they match `want`, or as they are after `timeout`: a run left behind by a killed executor
+    is ended by the next sweep (every two claim lengths, once it is two claim lengths old)."""
+    deadline = time.monotonic() + timeout
+    while (runs := flow_runs_by_name(stack, order_ids)) != want and time.monotonic() < deadline:
+        time.sleep(1)
+    return runs
+
+
+def flow_runs_by_name(stack, order_ids: list[str]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {order_id: [] for order_id in order_ids}
+    for start in range(0, len(order_ids), 100):
+        names = [f"order-{order_id}" for order_id in order_ids[start:start + 100]]
+        runs = httpx.post(f"{stack.prefect_api}/flow_runs/filter", timeout=30,
+                          json={"flow_runs": {"name": {"any_": names}}, "limit": 200}).json()
+        for run in runs:
+            found[run["name"].removeprefix("order-")].append(run["state_type"])
+    return found
+
+
+def stack_processes(stack: Stack, module: str) -> list[int]:
+    """The pids of the stack's processes running `python -m <module>` (found by their data dir)."""
+    marker = f"OrderProcessing__DataDir={stack.data_dir}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if (proc.name.isdigit() and f"-m\0{module}\0".encode() in (proc / "cmdline").read_bytes()
+                    and marker in (proc / "environ").read_bytes().split(b"\0")):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def worker_processes_of(pid: int) -> list[int]:
+    """uvicorn's worker processes under `pid`: its children started by multiprocessing's spawn (not its
+    resource tracker)."""
+    children = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+                for child in (task / "children").read_text().split()]
+    return [child for child in children if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
+
+
 CLAIM_SECONDS = 3
 """The chaos stack's `SagaClaimSeconds`: a paused or killed executor's sagas are taken over after this."""
 DOWNSTREAM_TIMEOUT_SECONDS = 3
@@ -230,16 +290,8 @@ class Executors:
     def stack_worker_pid(self) -> int:
         """The pid of the executor that `make up` supervises."""
         ours = {process.pid for process in self.started}
-        marker = f"OrderProcessing__DataDir={self._stack.data_dir}".encode()
-        for proc in Path("/proc").iterdir():
-            try:
-                if (proc.name.isdigit() and int(proc.name) not in ours
-                        and b"deployments.worker" in (proc / "cmdline").read_bytes()
-                        and marker in (proc / "environ").read_bytes().split(b"\0")):
-                    return int(proc.name)
-            except OSError:
-                continue
-        raise AssertionError("the stack's worker is not running")
+        [pid] = [pid for pid in stack_processes(self._stack, "deployments.worker") if pid not in ours]
+        return pid
 
     def stop_all(self) -> None:
         for process in self.started:

@@ -19,12 +19,11 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from tests.e2e.conftest import CLAIM_SECONDS
+from tests.e2e.conftest import CLAIM_SECONDS, RUN_STATE, runs_in_step, settled
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 ORDERS = int(os.environ.get("CHAOS_ORDERS", "200"))
-RUN_STATE = {"completed": "COMPLETED", "failed": "FAILED", "cancelled": "CANCELLED"}
 CANCEL = """mutation($id: ID!) { cancelOrder(id: $id) { __typename } }"""
 
 
@@ -108,38 +107,3 @@ def test_no_free_goods_no_lost_refunds_and_one_run_per_order_under_kills_pauses_
     assert len(orders) >= ORDERS and kills >= 3 and pauses >= 1 and figures["lost_answers"] > 0
     assert runs == want, "one flow run per order, final in the state that matches the order"
     assert "worker exited with code -9; restarting" in chaos_stack.log.read_text()
-
-
-def settled(stack, order_ids: list[str], timeout: float) -> list[dict]:
-    """Every order terminal and the saga backlog empty (each run mirrors its order)."""
-    deadline = time.monotonic() + timeout
-    with httpx.Client(timeout=30) as http:
-        while True:
-            orders = [http.get(f"{stack.gateway}/api/orders/{order_id}").json() for order_id in order_ids]
-            open_orders = [o["id"] for o in orders if o["status"] not in ("completed", "failed", "cancelled")]
-            backlog = http.get(f"{stack.gateway}/readyz").json().get("sagaBacklog")
-            if not open_orders and not backlog:
-                return orders
-            assert time.monotonic() < deadline, f"not settled: {len(open_orders)} open, backlog {backlog}: " \
-                                                f"{open_orders[:5]}"
-            time.sleep(1)
-
-
-def runs_in_step(stack, order_ids: list[str], want: dict[str, list[str]], timeout: float) -> dict[str, list[str]]:
-    """The runs once they match `want`, or as they are after `timeout`: a run left behind by a killed executor
-    is ended by the next sweep (every two claim lengths, once it is two claim lengths old)."""
-    deadline = time.monotonic() + timeout
-    while (runs := flow_runs_by_name(stack, order_ids)) != want and time.monotonic() < deadline:
-        time.sleep(1)
-    return runs
-
-
-def flow_runs_by_name(stack, order_ids: list[str]) -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {order_id: [] for order_id in order_ids}
-    for start in range(0, len(order_ids), 100):
-        names = [f"order-{order_id}" for order_id in order_ids[start:start + 100]]
-        runs = httpx.post(f"{stack.prefect_api}/flow_runs/filter", timeout=30,
-                          json={"flow_runs": {"name": {"any_": names}}, "limit": 200}).json()
-        for run in runs:
-            found[run["name"].removeprefix("order-")].append(run["state_type"])
-    return found

@@ -5,9 +5,7 @@ the order's flow run opened from its `flowRun.url` in the Prefect UI."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
@@ -16,6 +14,7 @@ import pytest
 from playwright.sync_api import Page, Route, sync_playwright
 
 from tests.e2e.prefect_ui import PrefectUI
+from tests.system_packages import debian_packages
 
 pytestmark = pytest.mark.e2e
 
@@ -35,18 +34,10 @@ RESPONSE = ".graphiql-response .CodeMirror"
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    """Debian's Chromium, installed with apt-get when missing (the tests run as root, here and in CI); never a
-    browser build of Playwright's own, which `playwright install` would download."""
-    if path := shutil.which("chromium"):
-        return path
-    if os.geteuid() != 0:
-        pytest.fail("headless Chromium is missing: install Debian's package (apt-get install chromium) as root")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-q"],
-                    ["apt-get", "install", "-y", "-q", "-o", "DPkg::Lock::Timeout=300", "chromium"]):
-        result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-        assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}"
-    return shutil.which("chromium") or pytest.fail("apt-get installed chromium, but it is not on the PATH")
+    """Debian's Chromium, installed with apt-get when missing; never a browser build of Playwright's own, which
+    `playwright install` would download."""
+    debian_packages(lambda: shutil.which("chromium") is not None, "chromium")
+    return shutil.which("chromium")
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from deployments.stack import Backoff
+from deployments.supervisor import Backoff
 from tests.prefect_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +21,7 @@ FAST = {"first_s": 0.05, "max_s": 0.2, "reset_after_s": 0.6}
 
 DRIVER = """
 import json, logging, os, sys
-from deployments.stack import Backoff, Child, Supervisor
+from deployments.supervisor import Backoff, Child, Supervisor
 logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 spec = json.loads(sys.argv[1])
 children = [Child(**child) for child in spec["children"]]
