@@ -7,12 +7,15 @@ Legs, all over the same embedded stores and services:
   flow run;
 - default-Prefect: the same flow run the way Prefect does out of the box (`serve` + `run_deployment`);
 - PostgreSQL: the product burst again with the Prefect server on PostgreSQL (when it is installed);
+- scaled: the scaled profile (`order-saga up --profile scaled`) with 1 and 2 executors and 1 and 2 Prefect API
+  processes, and the model of sagas/s on N cores that their CPU per saga gives;
 - gateway: GET /api/orders/{id}, POST /api/orders and a GraphQL `order(id)` query from a load generator in
   another process, against a bare Starlette route on the same uvicorn settings (the limit), and GraphQL's
   `{ __typename }` (the floor of the GraphQL machinery itself);
 - peak RSS of each process, and the CPU seconds each process spends per saga in the bursts.
 The last line printed is the summary the issue asks for. `--only gateway` runs the gateway legs alone and
-prints them, without writing BENCHMARKS.md (for measuring a change to the gateway).
+prints them, without writing BENCHMARKS.md (for measuring a change to the gateway); `--only scaled` the same
+for the scaled profile's legs.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -102,7 +106,7 @@ def limit_leg(work: Path) -> dict:
 # --- the product: the stack as `make up` starts it -----------------------------------------------
 
 class Stack:
-    def __init__(self, work: Path, extra_env: dict[str, str]):
+    def __init__(self, work: Path, extra_env: dict[str, str], up_options: tuple[str, ...] = ()):
         self.data_dir = work / "stack"
         self.prefect_port, self.gateway_port = free_port(), free_port()
         self.gateway = f"http://127.0.0.1:{self.gateway_port}"
@@ -113,12 +117,14 @@ class Stack:
                     "OrderProcessing__DefaultStock": str(10**9),
                     "OrderProcessing__EmbeddedServicesPort": "0",  # unused here: the same processes as earlier runs
                     **extra_env}
+        self.up_options = up_options
         self.log = work / "stack.log"
 
     def __enter__(self) -> Stack:
         with self.log.open("w") as output:
-            self.process = subprocess.Popen([str(Path(PYTHON).with_name("order-saga")), "up"], cwd=ROOT, env=self.env,
-                                            stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen([str(Path(PYTHON).with_name("order-saga")), "up", *self.up_options],
+                                            cwd=ROOT, env=self.env, stdout=output, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
         deadline = time.monotonic() + 180
         while "order-saga is up" not in self.log.read_text():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -126,19 +132,55 @@ class Stack:
             time.sleep(0.3)
         return self
 
-    def children(self) -> dict[str, int]:
-        """pid of each process of the stack, by role."""
-        pids = {}
-        for child in Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split():
+    def processes(self) -> dict[int, str]:
+        """Every process of the stack (the supervisor's children and theirs: uvicorn's worker processes,
+        PostgreSQL's backends), by the role of the child it descends from."""
+        roles = {}
+        for child in children(self.process.pid):
             command = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            role = ("prefect server" if "prefect_server" in command else "worker" if "deployments.worker" in command
-                    else "gateway" if "-m gateway" in command else command)
-            pids[role] = int(child)
-        return pids
+            role = next((name for marker, name in ROLES if marker in command), command)
+            roles.update(dict.fromkeys([child, *descendants(child)], role))
+        return roles
 
     def __exit__(self, *exc) -> None:
         os.kill(self.process.pid, signal.SIGTERM)
         self.process.wait(60)
+
+
+ROLES = [("prefect_server", "prefect server"), ("server services start", "prefect services"),
+         ("deployments.worker", "worker"), ("-m gateway", "gateway"), ("postgres", "postgresql"),
+         ("redis-server", "redis")]
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+                for child in (task / "children").read_text().split()]
+    except FileNotFoundError:  # exited meanwhile
+        return []
+
+
+def descendants(pid: int) -> list[int]:
+    return [grandchild for child in children(pid) for grandchild in (child, *descendants(child))]
+
+
+def cpu_by_process(stack: Stack) -> dict[int, tuple[str, float]]:
+    found = {}
+    for pid, role in stack.processes().items():
+        try:
+            found[pid] = (role, cpu_seconds(pid))
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def cpu_per_saga(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                 sagas: int) -> dict[str, float]:
+    """CPU seconds per saga of each role, summed over its processes (a process started meanwhile counts whole)."""
+    spent: dict[str, float] = {}
+    for pid, (role, cpu) in after.items():
+        spent[role] = spent.get(role, 0.0) + cpu - before.get(pid, (role, 0.0))[1]
+    return {role: round(seconds / sagas, 4) for role, seconds in spent.items()}
 
 
 API_CALLS = re.compile(r'^order_saga_prefect_api_calls_total\{method="([^"]+)"\} ([0-9.e+]+)$', re.MULTILINE)
@@ -229,13 +271,11 @@ def flow_runs_per_order(prefect_api: str, order_ids: list[str]) -> dict[str, int
 def burst_leg(stack: Stack, count: int, database: Path | None) -> tuple[list, dict]:
     """A burst of orders; its numbers include the CPU seconds each process of the stack spent per saga, and the
     Prefect API calls the executor made per saga."""
-    processes = stack.children()
-    before = {role: cpu_seconds(pid) for role, pid in processes.items()}
+    before = cpu_by_process(stack)
     calls_before = prefect_api_calls(stack.gateway)
     burst = post_orders(stack.gateway, count, None)
     numbers = saga_numbers(burst, wait_terminal(database or stack.data_dir / "orders.db", [i for i, _ in burst], 240))
-    numbers["cpu_s_per_saga"] = {role: round((cpu_seconds(pid) - before[role]) / count, 3)
-                                 for role, pid in processes.items()}
+    numbers["cpu_s_per_saga"] = cpu_per_saga(before, cpu_by_process(stack), count)
     time.sleep(3)  # the last runs' final calls
     calls = prefect_api_calls(stack.gateway)
     numbers["api_calls_per_saga"] = {route: round((total - calls_before.get(route, 0)) / count, 2)
@@ -410,9 +450,14 @@ def versions() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run")
-    parser.add_argument("--only", choices=["gateway"], help="run these legs alone; BENCHMARKS.md is left as it is")
-    if parser.parse_args().only == "gateway":
+    parser.add_argument("--only", choices=["gateway", "scaled"],
+                        help="run these legs alone and print them; BENCHMARKS.md is left as it is")
+    only = parser.parse_args().only
+    if only == "gateway":
         gateway_only()
+        return
+    if only == "scaled":
+        scaled_only()
         return
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="order-saga-bench-") as tmp:
@@ -428,8 +473,10 @@ def main() -> None:
             say(f"default-Prefect leg: serve + run_deployment, {DEFAULT_LEG_ORDERS} orders")
             default = default_prefect_leg(stack, work)
             say(f"  {default}")
-            rss = {role: peak_rss_mb(pid) for role, pid in stack.children().items()}
+            rss = {role: peak_rss_mb(pid) for pid, role in stack.processes().items()}
         postgres = postgres_leg(work)
+        scaled = scaled_legs(work)
+    best = max(scaled, key=lambda leg: leg["sagas_per_s"], default=None)
     bare = gateway["bare route"]["requests_per_s"]
     summary = {
         "sagas_per_s": product["burst"]["sagas_per_s"],
@@ -442,8 +489,10 @@ def main() -> None:
         "graphql_ratio": round(gateway["GraphQL order(id)"]["requests_per_s"] / bare, 2),
         "lost": product["lost"],
         "api_calls_per_saga": round(sum(product["burst"]["api_calls_per_saga"].values()), 2),
+        **({"scaled_per_s": best["sagas_per_s"], "cpu_per_saga_s": round(sum(best["cpu_s_per_saga"].values()), 3)}
+           if best else {}),
     }
-    write_report(limit, product, default, postgres, gateway, rss, summary, time.monotonic() - started)
+    write_report(limit, product, default, postgres, scaled, gateway, rss, summary, time.monotonic() - started)
     print(" ".join(f"{key}={value}" for key, value in summary.items()), flush=True)
 
 
@@ -457,6 +506,11 @@ def gateway_only() -> None:
     print(f"schema alone, µs per request: {gateway['graphql_execution_us']}", flush=True)
 
 
+def scaled_only() -> None:
+    with tempfile.TemporaryDirectory(prefix="order-saga-bench-") as tmp:
+        print(scaled_section(scaled_legs(Path(tmp))), flush=True)
+
+
 def postgres_leg(work: Path) -> dict | None:
     bin_dir = postgres_bin_dir()
     if bin_dir is None:
@@ -467,6 +521,29 @@ def postgres_leg(work: Path) -> dict | None:
         (work / "pg").mkdir()
         with Stack(work / "pg", {"PREFECT_API_DATABASE_CONNECTION_URL": url}) as stack:
             return burst_leg(stack, POSTGRES_BURST, None)[1]
+
+
+SCALED_LEGS = [(1, 1), (2, 1), (1, 2), (2, 2)]  # (executors, Prefect API processes)
+SCALED_BURST = 200
+
+
+def scaled_legs(work: Path) -> list[dict]:
+    """The scaled profile (PostgreSQL, Redis, the API in processes, the services apart) with 1 and 2 executors
+    and 1 and 2 API processes: a burst each, on its own cluster."""
+    if postgres_bin_dir() is None or shutil.which("redis-server") is None:
+        say("scaled legs skipped: PostgreSQL or Redis is not installed (see the README, \"Scaling out\")")
+        return []
+    work.chmod(0o755)  # PostgreSQL runs as the `postgres` user when this runs as root
+    legs = []
+    for executors, api_workers in SCALED_LEGS:
+        say(f"scaled leg: {executors} executors, {api_workers} API processes, burst of {SCALED_BURST} orders")
+        (leg_dir := work / f"scaled-{executors}x{api_workers}").mkdir()
+        options = ("--profile", "scaled", "--executors", str(executors), "--api-workers", str(api_workers))
+        ports = {"OrderProcessing__PostgresPort": str(free_port()), "OrderProcessing__RedisPort": str(free_port())}
+        with Stack(leg_dir, ports, options) as stack:
+            numbers = burst_leg(stack, SCALED_BURST, None)[1]
+        legs.append({"executors": executors, "api_workers": api_workers, **numbers})
+    return legs
 
 
 def cpu_section(sqlite_burst: dict, postgres: dict | None) -> str:
@@ -490,6 +567,49 @@ events and logs, and an artifact, all recorded by the server: that is the floor.
 | Prefect database | server | worker | gateway | total | ceiling sagas/s | measured sagas/s |
 |---|---|---|---|---|---|---|
 """ + "\n".join(rows)
+
+
+SCALED_ROLES = ["prefect server", "prefect services", "postgresql", "redis", "worker", "gateway"]
+
+
+def scaled_section(legs: list[dict]) -> str:
+    """Each scaled leg's sagas/s and CPU per saga by process, and the model of sagas/s on N cores they give."""
+    if not legs:
+        return "## Scaled profile\n\nNot measured: PostgreSQL or Redis is not installed on this machine."
+    rows = []
+    for leg in legs:
+        cpu = leg["cpu_s_per_saga"]
+        rows.append(f"| {leg['executors']} | {leg['api_workers']} | {leg['terminal']}/{leg['orders']} | "
+                    f"{leg['sagas_per_s']} | " + " | ".join(str(cpu.get(role, 0.0)) for role in SCALED_ROLES)
+                    + f" | {sum(cpu.values()):.3f} |")
+    best = max(legs, key=lambda leg: leg["sagas_per_s"])
+    cpu = best["cpu_s_per_saga"]
+    total, services = sum(cpu.values()), cpu.get("prefect services", 0.0)
+    model = "\n".join(f"| {cores} | {min(cores / total, 1 / services if services else float('inf')):.1f} |"
+                       for cores in (2, 4, 8, 16))
+    return f"""## Scaled profile
+
+`order-saga up --profile scaled`: Prefect on PostgreSQL and Redis (`prefect-redis`), its API in N uvicorn
+processes without services, the services in one process, E executors, the gateway in 2 processes; a burst of
+{SCALED_BURST} orders per leg, each leg on a cluster of its own. CPU seconds per saga, summed over the processes
+of each kind (the API's N processes, PostgreSQL's backends, ...).
+
+| executors | API processes | terminal | sagas/s | {' | '.join(SCALED_ROLES)} | total |
+|---|---|---|---|{'---|' * len(SCALED_ROLES)}---|
+{chr(10).join(rows)}
+
+**Model.** Every kind of process but the services runs as several processes, so on N cores the stack runs at
+most N / (total CPU per saga) sagas/s, and never more than the one services process allows (1 / its CPU per
+saga: {1 / services if services else float('inf'):.0f}/s). From the best leg here ({best['executors']} executors,
+{best['api_workers']} API processes: {total:.3f} CPU-s per saga):
+
+| cores | sagas/s at most |
+|---|---|
+{model}
+
+Measured on {os.cpu_count()} cores the best leg ran {best['sagas_per_s']} sagas/s; the model says
+{min((os.cpu_count() or 1) / total, 1 / services if services else float('inf')):.1f}. Scaling out buys cores, not
+CPU per saga: the total per saga is what each further core is divided by."""
 
 
 def api_calls_section(calls: dict[str, float]) -> str:
@@ -520,7 +640,7 @@ with the same counter patched into that version, burst of 150 on this machine):
 """
 
 
-def write_report(limit, product, default, postgres, gateway, rss, summary, seconds) -> None:
+def write_report(limit, product, default, postgres, scaled, gateway, rss, summary, seconds) -> None:
     rows = [
         ("product, steady 2 orders/s", product["steady"]), ("product, burst", product["burst"]),
         *([("product on PostgreSQL, burst", postgres)] if postgres else []),
@@ -573,6 +693,8 @@ Lost or doubled (not terminal, or not exactly one flow run): **{summary['lost']}
 Prefect: **{summary['speedup']}×**.
 
 {cpu_section(product["burst"], postgres)}
+
+{scaled_section(scaled)}
 
 {api_calls_section(product["burst"]["api_calls_per_saga"])}
 

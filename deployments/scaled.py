@@ -79,7 +79,8 @@ def scaled_environment(settings: Settings, environ: Mapping[str, str]) -> dict[s
     """The settings Prefect's self-hosted guide asks of every server process, and the gateway's worker count;
     what the environment sets already wins."""
     redis_host = environ.get(REDIS_HOST, "127.0.0.1")
-    redis_port = environ.get("PREFECT_REDIS_MESSAGING_PORT", str(settings.redis_port))
+    ours = REDIS_HOST not in environ
+    redis_port = environ.get("PREFECT_REDIS_MESSAGING_PORT", str(settings.redis_port) if ours else "6379")
     redis_db = environ.get("PREFECT_REDIS_MESSAGING_DB", "0")
     wanted = {
         DATABASE_URL: postgres.database_url(settings.postgres_port),
@@ -137,9 +138,9 @@ def services_child() -> Child:
     return Child("prefect services", [sys.executable, "-m", "prefect", "server", "services", "start"], stop_signal=signal.SIGINT)
 
 
-def data_dir_reachable(settings: Settings) -> None:
+def data_dir_reachable(settings: Settings, backends: Backends) -> None:
     """As root, PostgreSQL runs as `postgres`, which must reach its cluster through every directory above it."""
-    if postgres.cluster_user() is None:
+    if backends.postgres_bin is None or postgres.cluster_user() is None:
         return
     for directory in [postgres_data(settings).parent, *postgres_data(settings).parent.parents]:
         if directory.exists() and not os.stat(directory).st_mode & 0o001:

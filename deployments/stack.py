@@ -64,8 +64,8 @@ def up(settings: Settings, *, with_queue: bool = False, topology: Topology = ONE
     env = {**os.environ, **stack_environment(settings)}
     backends = None
     if topology.scaled:
-        scaled.data_dir_reachable(settings)
         backends = scaled.find_backends(settings, env)
+        scaled.data_dir_reachable(settings, backends)
         env.update(scaled.scaled_environment(settings, env))
     if with_queue:
         env[settings.service_bus_connection_name] = local_queue_connection(settings)
