@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     # Gateway
     gateway_host: str = _option("127.0.0.1", "OrderProcessing__GatewayHost")
     gateway_port: int = _option(8000, "OrderProcessing__GatewayPort", ge=0, le=65535)
+    gateway_workers: int = _option(1, "OrderProcessing__GatewayWorkers", ge=1, le=64)
     max_body_bytes: int = _option(1_048_576, "OrderProcessing__MaxBodyBytes", ge=1024)
     graphiql: bool = _option(True, "OrderProcessing__GraphiQL")
     graphql_max_depth: int = _option(8, "OrderProcessing__GraphQLMaxDepth", ge=2)
