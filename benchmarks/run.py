@@ -600,8 +600,8 @@ of each kind (the API's N processes, PostgreSQL's backends, ...).
 
 **Model.** Every kind of process but the services runs as several processes, so on N cores the stack runs at
 most N / (total CPU per saga) sagas/s, and never more than the one services process allows (1 / its CPU per
-saga: {1 / services if services else float('inf'):.0f}/s). From the best leg here ({best['executors']} executors,
-{best['api_workers']} API processes: {total:.3f} CPU-s per saga):
+saga: {1 / services if services else float('inf'):.0f}/s). From the best leg here ({best['executors']} executor(s),
+{best['api_workers']} API process(es): {total:.3f} CPU-s per saga):
 
 | cores | sagas/s at most |
 |---|---|
@@ -609,7 +609,8 @@ saga: {1 / services if services else float('inf'):.0f}/s). From the best leg her
 
 Measured on {os.cpu_count()} cores the best leg ran {best['sagas_per_s']} sagas/s; the model says
 {min((os.cpu_count() or 1) / total, 1 / services if services else float('inf')):.1f}. Scaling out buys cores, not
-CPU per saga: the total per saga is what each further core is divided by."""
+CPU per saga: the total per saga is what each further core is divided by. On one machine a second executor or
+API process only adds processes competing for the same cores."""
 
 
 def api_calls_section(calls: dict[str, float]) -> str:
