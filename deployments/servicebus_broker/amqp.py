@@ -36,6 +36,12 @@ class StoredMessage:
     delivery_count: int = 0
     extra_annotations: dict[Any, Any] = field(default_factory=dict)
 
+    @property
+    def message_id(self) -> str | None:
+        """The sender's message id, as text (AMQP allows a string, UUID, ulong or binary id)."""
+        fields = section_value(self.properties) if self.properties else None
+        return None if not fields or fields[0] is None else str(fields[0])
+
     def redelivered(self) -> StoredMessage:
         return replace(self, delivery_count=self.delivery_count + 1)
 

@@ -27,6 +27,7 @@ SWEEP_SECONDS = 0.1
 CBS = "$cbs"
 MANAGEMENT = "/$management"
 LOCK_LOST = "com.microsoft:message-lock-lost"
+RECEIVER_NAME = "com.microsoft:receiver-name"
 
 
 def entity_of(address: str | None) -> str:
@@ -114,6 +115,7 @@ class _EventThread(Handler):
         if link.is_receiver:
             link.flow(CREDIT)
         elif queue is not None:
+            link.receiver_name = _receiver_name(link)
             self.consumers.setdefault(queue, []).append(link)
 
     def on_link_remote_close(self, event) -> None:
@@ -170,18 +172,32 @@ class _EventThread(Handler):
         self._dispatch(queue)
 
     def _dispatch(self, queue: Queue) -> None:
-        for link in list(self.consumers.get(queue, [])):
-            while link.credit > 0 and len(queue) > 0:
-                if link.remote_snd_settle_mode == Link.SND_SETTLED:  # RECEIVE_AND_DELETE
-                    message = queue.take()
-                    assert message is not None
-                    self._send(link, uuid.uuid4().bytes_le, message.encode(None), settled=True)
-                    self.namespace.stats["deliveries"] += 1
-                else:
-                    lock = self.namespace.lock_next(queue)
-                    assert lock is not None
-                    delivery = self._send(link, lock.token.bytes_le, _encode_locked(lock), settled=False)
-                    delivery.lock_token = lock.token  # proton cannot read binary tags back
+        """Hands the available messages to the queue's receivers in turn, one message each, while any has credit.
+
+        Competing receivers share a queue however messages come: filling one link's credit before the next would
+        give the first receiver every message of a trickle, since it has credit again by the next message.
+        """
+        links = self.consumers.get(queue, [])
+        while len(queue) > 0:
+            link = next((link for link in links if link.credit > 0), None)
+            if link is None:
+                return
+            links.remove(link)
+            links.append(link)  # the next message goes to the next receiver with credit
+            self._deliver(link, queue)
+
+    def _deliver(self, link: Link, queue: Queue) -> None:
+        receiver = link.receiver_name
+        if link.remote_snd_settle_mode == Link.SND_SETTLED:  # RECEIVE_AND_DELETE
+            message = queue.take()
+            assert message is not None
+            self._send(link, uuid.uuid4().bytes_le, message.encode(None), settled=True)
+            self.namespace.delivered(receiver)
+        else:
+            lock = self.namespace.lock_next(queue, receiver)
+            assert lock is not None
+            delivery = self._send(link, lock.token.bytes_le, _encode_locked(lock), settled=False)
+            delivery.lock_token = lock.token  # proton cannot read binary tags back
 
     def _on_settlement(self, delivery: Delivery) -> None:
         """Applies a receiver's outcome, then echoes it settled: since 7.15 the SDK waits for that echo."""
@@ -291,6 +307,12 @@ STATUS_OF: dict[type[Exception], int] = {LockLost: 410, EntityNotFound: 404}
 CONDITION_OF: dict[type[Exception], str] = {LockLost: LOCK_LOST, EntityNotFound: "amqp:not-found"}
 
 
+def _receiver_name(link: Link) -> str:
+    """The name the SDK gives a receiver (its `client_identifier`, or `SBReceiver-<uuid>`), else the link's name."""
+    properties = link.remote_properties or {}
+    return str(properties.get(symbol(RECEIVER_NAME)) or link.name)
+
+
 def _condition(error: Exception) -> Condition:
     """The AMQP error for a refused operation; its info map must not be empty (the SDK reads it unconditionally)."""
     name = CONDITION_OF.get(type(error), "amqp:not-implemented")
@@ -347,6 +369,20 @@ class LocalServiceBus:
 
     def stats(self) -> dict[str, int]:
         return self.call(lambda: dict(self.namespace.stats))
+
+    def receivers(self, queue: str) -> dict[str, int]:
+        """The receivers attached to `queue` now, by name (`SBReceiver-<uuid>` unless the client named them), each
+        with its link credit: how many more messages it asks for."""
+        return self.call(lambda: {link.receiver_name: link.credit
+                                  for link in self._events.consumers.get(self.namespace.queue(queue), [])})
+
+    def deliveries_by_receiver(self) -> dict[str, int]:
+        """How many messages each receiver was handed, redeliveries included, since the start or the last purge."""
+        return self.call(lambda: dict(self.namespace.deliveries_by_receiver))
+
+    def locked_message_ids(self) -> dict[str, list[str | None]]:
+        """The message ids of the locks held now, by the name of the receiver holding them."""
+        return self.call(self.namespace.locked_message_ids)
 
     def purge(self) -> None:
         self.call(self.namespace.purge)

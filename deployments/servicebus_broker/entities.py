@@ -30,6 +30,7 @@ class Lock:
     queue: Queue
     message: StoredMessage
     locked_until: float  # epoch seconds
+    holder: str  # the name of the receiver the message was delivered to
 
 
 class Queue:
@@ -62,6 +63,7 @@ class Namespace:
                 self.queues[entity] = Queue(entity)
         self.locks: dict[uuid.UUID, Lock] = {}
         self.stats: Counter[str] = Counter()
+        self.deliveries_by_receiver: Counter[str] = Counter()
         self._sequence = 0
 
     def queue(self, entity: str) -> Queue:
@@ -74,14 +76,18 @@ class Namespace:
         self._sequence += 1
         return self._sequence
 
-    def lock_next(self, queue: Queue) -> Lock | None:
+    def lock_next(self, queue: Queue, receiver: str) -> Lock | None:
         message = queue.take()
         if message is None:
             return None
-        lock = Lock(uuid.uuid4(), queue, message, time.time() + self.lock_duration)
+        lock = Lock(uuid.uuid4(), queue, message, time.time() + self.lock_duration, receiver)
         self.locks[lock.token] = lock
-        self.stats["deliveries"] += 1
+        self.delivered(receiver)
         return lock
+
+    def delivered(self, receiver: str) -> None:
+        self.stats["deliveries"] += 1
+        self.deliveries_by_receiver[receiver] += 1
 
     def complete(self, token: uuid.UUID) -> None:
         self._unlock(token)
@@ -124,10 +130,17 @@ class Namespace:
             queue.clear()
         self.locks.clear()
         self.stats.clear()
+        self.deliveries_by_receiver.clear()
 
     def counts(self) -> dict[str, int]:
         """Messages available per queue, and `locked` for those held by a receiver."""
         return {**{name: len(queue) for name, queue in self.queues.items()}, "locked": len(self.locks)}
+
+    def locked_message_ids(self) -> dict[str, list[str | None]]:
+        held: dict[str, list[str | None]] = {}
+        for lock in self.locks.values():
+            held.setdefault(lock.holder, []).append(lock.message.message_id)
+        return held
 
     def _held(self, token: uuid.UUID) -> Lock:
         lock = self.locks.get(token)

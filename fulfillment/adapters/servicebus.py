@@ -16,6 +16,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -144,12 +146,15 @@ class ServiceBusOrderListener:
 
     Peek-lock with manual settlement: a message is completed only once its order is stored (with its saga
     enqueued), dead-lettered when it can never become an order, and abandoned on a transient fault. The message
-    id is the idempotency key, so a redelivered message yields the order it already made.
+    id is the idempotency key, so a redelivered message yields the order it already made, whichever of several
+    competing listeners it reaches. Each gives its receiver a name (`order-saga-<host>-<pid>`, logged at start) as
+    Service Bus's client identifier, which Service Bus puts in its errors: that tells listeners apart on both sides.
     """
 
     def __init__(self, orders: OrderService, connect: ClientFactory, settings: Settings, *,
                  abandon_delay_seconds: float = 1.0, reconnect_delay_seconds: float = 0.5,
                  shutdown_grace_seconds: float = SHUTDOWN_GRACE_SECONDS):
+        self.name = f"order-saga-{socket.gethostname()}-{os.getpid()}"
         self._orders = orders
         self._connect = connect
         self._queue = settings.orders_queue
@@ -163,8 +168,8 @@ class ServiceBusOrderListener:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Receives until `stop` is set, reconnecting whenever the connection is lost."""
-        log.info("service bus listener started", extra={"queue": self._queue, "concurrency": self._concurrency,
-                                                        "prefetch": self._prefetch})
+        log.info("service bus listener started", extra={"queue": self._queue, "receiver": self.name,
+                                                        "concurrency": self._concurrency, "prefetch": self._prefetch})
         while not stop.is_set():
             try:
                 await self._receive_until(stop)
@@ -179,7 +184,8 @@ class ServiceBusOrderListener:
     async def _receive_until(self, stop: asyncio.Event) -> None:
         in_flight: dict[asyncio.Task[None], ServiceBusReceivedMessage] = {}
         async with self._connect() as client, \
-                client.get_queue_receiver(self._queue, prefetch_count=self._prefetch) as receiver, \
+                client.get_queue_receiver(self._queue, prefetch_count=self._prefetch,
+                                          client_identifier=self.name) as receiver, \
                 AutoLockRenewer(max_lock_renewal_duration=self._max_lock_renewal) as renewer:
             try:
                 while not stop.is_set():
