@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 from fulfillment.adapters.http_services import HttpInventory, HttpPayments, HttpShipping
 from fulfillment.adapters.log_failures import LogFailureAnnouncer
@@ -106,7 +107,8 @@ def bootstrap(settings: Settings | None = None, **overrides) -> Container:
     monitor = overrides.get("monitor") or PrefectMonitor(settings.prefect_api_url, settings.prefect_ui_url)
     failures = overrides.get("failures") or _failure_announcer(settings)
     closers += [monitor.aclose, failures.aclose]
-    order_service = OrderService(orders, overrides.get("changes") or orders, max_page_size=settings.page_size_max)
+    order_service = OrderService(orders, overrides.get("changes") or orders, max_page_size=settings.page_size_max,
+                                 idempotency_key_lifetime=timedelta(hours=settings.idempotency_key_hours))
     actions = SagaActions(orders, inventory, payments, shipping,
                           RetryPolicy(settings.step_attempts, settings.retry_base_seconds),
                           RetryPolicy(settings.compensation_attempts, settings.retry_base_seconds))
