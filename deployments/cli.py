@@ -56,7 +56,8 @@ def topology(arguments: argparse.Namespace):
     scaled = arguments.profile == "scaled"
     default = 2 if scaled else 1
     return Topology(executors=default if arguments.executors is None else arguments.executors,
-                    api_workers=default if arguments.api_workers is None else arguments.api_workers, scaled=scaled)
+                    api_workers=default if arguments.api_workers is None else arguments.api_workers, scaled=scaled,
+                    listeners=default)
 
 
 def submit_orders(path: str, *, local: bool = False) -> None:

@@ -41,9 +41,10 @@ class Topology:
     executors: int = 1
     api_workers: int = 1
     scaled: bool = False
+    listeners: int = 1  # Service Bus listeners, competing consumers of the orders queue (when one is configured)
 
     def __post_init__(self):
-        if self.executors < 1 or self.api_workers < 1:
+        if self.executors < 1 or self.api_workers < 1 or self.listeners < 1:
             raise SystemExit("order-saga up: --executors and --api-workers must be at least 1")
         if self.api_workers > 1 and not self.scaled:
             raise SystemExit("order-saga up: --api-workers needs --profile scaled (several Prefect API "

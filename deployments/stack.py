@@ -121,7 +121,8 @@ def stack_children(settings: Settings, env: Mapping[str, str], topology: Topolog
           if settings.embedded_services_port else []),
         *(Child("worker" if number == 1 else f"worker {number}", WORKER_COMMAND)
           for number in range(1, topology.executors + 1)),
-        *([Child("servicebus listener", listener)] if client_factory(settings, env) is not None else []),
+        *(Child("servicebus listener" if number == 1 else f"servicebus listener {number}", listener)
+          for number in range(1, topology.listeners + 1) if client_factory(settings, env) is not None),
         Child("gateway", [sys.executable, "-m", "gateway"], f"{gateway}/healthz"),
     ]
 

@@ -23,11 +23,15 @@ def test_the_servers_then_the_database_step_then_the_api_processes_then_the_serv
     settings = Settings(data_dir=tmp_path, embedded_services_port=0)
     backends = Backends(postgres_bin=Path("/usr/lib/postgresql/15/bin"), redis_server="/usr/bin/redis-server")
 
-    children = stack_children(settings, {}, Topology(executors=3, api_workers=2, scaled=True), backends)
+    queue = {"ServiceBusConnection": "Endpoint=sb://127.0.0.1:5672/;SharedAccessKeyName=k;SharedAccessKey=s;"
+                                     "UseDevelopmentEmulator=true"}
+    topology = Topology(executors=3, api_workers=2, scaled=True, listeners=2)
+
+    children = stack_children(settings, queue, topology, backends)
 
     assert [child.name for child in children] == [
         "postgresql", "redis", "prefect database", "prefect api", "prefect services",
-        "worker", "worker 2", "worker 3", "gateway"]
+        "worker", "worker 2", "worker 3", "servicebus listener", "servicebus listener 2", "gateway"]
     database, api = children[2], children[3]
     assert database.one_shot and database.command[1:] == ["-m", "deployments.prefect_database"]
     assert api.command[-3:] == ["--workers", "2", "--no-services"] and api.ready_url.endswith("/api/health")
