@@ -85,14 +85,16 @@ def test_two_executors_and_two_api_processes_run_each_saga_once_while_one_of_eac
     orders = settled(scaled_stack, ids, timeout=420)
     want = {order["id"]: [RUN_STATE[order["status"]]] for order in orders}
     runs = runs_in_step(scaled_stack, ids, want, timeout=8 * CLAIM_SECONDS)
-    finished_by = collections.Counter(line["worker"] for line in log_lines(scaled_stack.log)
-                                      if line.get("message") == "flow run finished")
+    finished = [line for line in log_lines(scaled_stack.log) if line.get("message") == "flow run finished"]
+    finished_by = collections.Counter(line["worker"] for line in finished)
+    completions = collections.Counter(line["flow_run_id"] for line in finished if line["state"] == "Completed")
     statuses = collections.Counter(order["status"] for order in orders)
     print(f"\nscaled: orders={len(orders)} {dict(statuses)} runs finished by executor: {dict(finished_by)}")
 
     assert len(orders) == ORDERS
     assert runs == want, "one flow run per order, final in the state that matches the order"
     assert statuses["completed"] == ORDERS
+    assert len(completions) == ORDERS and set(completions.values()) == {1}, "each saga ran to completion once"
     assert sum(count >= ORDERS // 10 for count in finished_by.values()) >= 2, "the sagas spread over the executors"
     log = scaled_stack.log.read_text()
     assert "worker exited with code -9; restarting" in log or "worker 2 exited with code -9; restarting" in log
