@@ -102,7 +102,8 @@ def limit_leg(work: Path) -> dict:
 # --- the product: the stack as `make up` starts it -----------------------------------------------
 
 class Stack:
-    def __init__(self, work: Path, extra_env: dict[str, str]):
+    def __init__(self, work: Path, extra_env: dict[str, str], up_options: tuple[str, ...] = ()):
+        self.up_options = up_options  # of `order-saga up`, e.g. ("--profile", "scaled")
         self.data_dir = work / "stack"
         self.prefect_port, self.gateway_port = free_port(), free_port()
         self.gateway = f"http://127.0.0.1:{self.gateway_port}"
@@ -117,7 +118,7 @@ class Stack:
 
     def __enter__(self) -> Stack:
         with self.log.open("w") as output:
-            self.process = subprocess.Popen([str(Path(PYTHON).with_name("order-saga")), "up"], cwd=ROOT, env=self.env,
+            self.process = subprocess.Popen([str(Path(PYTHON).with_name("order-saga")), "up", *self.up_options], cwd=ROOT, env=self.env,
                                             stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 180
         while "order-saga is up" not in self.log.read_text():
