@@ -44,5 +44,11 @@ chaos: $(STAMP)
 clean:
 	rm -rf $(VENV) var .pytest_cache $(GRAPHIQL)/node_modules
 
-bench: $(STAMP)
+# The benchmarks' extra tools (py-spy for benchmarks/profile.py), on top of the test install.
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	@$(BIN)/python -m benchmarks.run

@@ -93,6 +93,11 @@ def scaled_environment(settings: Settings, environ: Mapping[str, str]) -> dict[s
         "PREFECT_REDIS_MESSAGING_PORT": redis_port,
         "PREFECT_REDIS_MESSAGING_DB": redis_db,
         "PREFECT_SERVER_DOCKET_URL": f"redis://{redis_host}:{redis_port}/{redis_db}",
+        # Each Prefect process keeps 20 connections instead of SQLAlchemy's 5: with 5, a burst opened and closed
+        # PostgreSQL connections all the time (a backend forked, catalogs read, statements prepared again), and
+        # PostgreSQL burnt twice the CPU per saga (docs/prefect-cpu.md). At most (API processes + 1) x (20 + 10
+        # overflow) connections: 90 by default, within the 200 that deployments/postgres.py allows.
+        "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": "20",
         # deployments.prefect_database does both once; API processes starting together would race to
         "PREFECT_SERVER_DATABASE_MIGRATE_ON_START": "false",
         "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",
@@ -135,8 +140,13 @@ def backend_children(settings: Settings, backends: Backends) -> list[Child]:
 
 def services_child() -> Child:
     """Prefect's background services (scheduler, late runs, task-run recorder, event persister, triggers, ...)
-    in one process, fed by the API processes through Redis."""
-    return Child("prefect services", [sys.executable, "-m", "prefect", "server", "services", "start"], stop_signal=signal.SIGINT)
+    in one process, fed by the API processes through Redis.
+
+    Without the event stream distributor: `prefect server services start` runs it too, but it only feeds the
+    `/events/out` websockets of its own process, and this one serves no HTTP. It read every event from Redis for
+    nobody, 4 ms of CPU per saga (docs/prefect-cpu.md); the API processes keep theirs."""
+    return Child("prefect services", [sys.executable, "-m", "prefect", "server", "services", "start"],
+                 stop_signal=signal.SIGINT, environment=(("PREFECT_SERVER_EVENTS_STREAM_OUT_ENABLED", "false"),))
 
 
 def data_dir_reachable(settings: Settings, backends: Backends) -> None:

@@ -38,6 +38,7 @@ class Child:
     stop_signal: signal.Signals = signal.SIGTERM
     one_shot: bool = False  # a step run to completion at start-up (exit 0), in order, never restarted
     user: str | None = None  # the user to run as, when not the supervisor's (PostgreSQL refuses root)
+    environment: tuple[tuple[str, str], ...] = ()  # this child's own settings, over the stack's environment
 
     def is_ready(self) -> bool:
         """Whether the started process serves; a child with neither probe is ready once started."""
@@ -137,7 +138,8 @@ class Supervisor:
     def _start(self, running: _Running) -> bool:
         """Starts the child and waits until it is ready: False if it exited or did not get ready in time."""
         child = running.child
-        running.process = subprocess.Popen(child.command, env=self._env, start_new_session=True, user=child.user)
+        running.process = subprocess.Popen(child.command, env={**self._env, **dict(child.environment)},
+                                           start_new_session=True, user=child.user)
         running.started_at = time.monotonic()
         if child.one_shot:
             return self._wait_done(running)

@@ -189,3 +189,14 @@ def test_a_child_that_exits_before_the_stack_is_up_fails_the_start_and_stops_the
 def test_the_backoff_is_1_2_4_seconds_and_so_on_at_most_30():
     assert [Backoff().delay(n) for n in range(8)] == [1, 2, 4, 8, 16, 30, 30, 30]
     assert Backoff().delay(10_000) == 30
+
+
+def test_a_child_s_own_environment_goes_over_the_stack_s_for_that_child_only(supervise):
+    says = "import os, sys, time; print(sys.argv[1], 'says', os.environ.get('STACK_SETTING'), flush=True); time.sleep(60)"
+    stack = supervise([{"name": "services", "command": [sys.executable, "-c", says, "services"],
+                        "environment": [["STACK_SETTING", "false"]]},
+                       {"name": "api", "command": [sys.executable, "-c", says, "api"]}])
+    stack.wait_for(lambda: len([line for line in stack.lines() if " says " in line]) == 2, "both children")
+
+    assert {line for line in stack.lines() if " says " in line} == {"services says false", "api says None"}
+    assert stack.terminate() == 0
