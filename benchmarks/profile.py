@@ -72,7 +72,7 @@ def kind_of(pid: int) -> str | None:
         return {"prefect api (manager)": "prefect api", "gateway (manager)": "gateway"}.get(parent_kind or "",
                                                                                            "spawned")
     if "deployments.prefect_server" in command:
-        if _spawned_children(pid):
+        if spawned_children(pid):
             return "prefect api (manager)"
         return "prefect api" if "--no-services" in command else "prefect server"
     if "server services start" in command:
@@ -80,7 +80,7 @@ def kind_of(pid: int) -> str | None:
     if "deployments.worker" in command:
         return "executor"
     if "-m gateway" in command:
-        return "gateway (manager)" if _spawned_children(pid) else "gateway"
+        return "gateway (manager)" if spawned_children(pid) else "gateway"
     name = Path(argv[0].decode(errors="replace")).name
     if name == "postgres" or command.startswith("postgres:"):
         return "postgresql"
@@ -96,7 +96,8 @@ def _parent(pid: int) -> int | None:
         return None
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (none once it has exited)."""
     children = []
     with contextlib.suppress(OSError):
         for task in Path(f"/proc/{pid}/task").iterdir():
@@ -105,9 +106,11 @@ def _children(pid: int) -> list[int]:
     return children
 
 
-def _spawned_children(pid: int) -> list[int]:
+def spawned_children(pid: int) -> list[int]:
+    """uvicorn's worker processes under `pid`: its children started by multiprocessing's spawn (not its
+    resource tracker)."""
     found = []
-    for child in _children(pid):
+    for child in children(pid):
         with contextlib.suppress(OSError):
             if b"multiprocessing.spawn" in Path(f"/proc/{child}/cmdline").read_bytes():
                 found.append(child)
@@ -117,13 +120,13 @@ def _spawned_children(pid: int) -> list[int]:
 def stack_processes(root: int) -> dict[int, str]:
     """Every process under `root` (the `order-saga up` supervisor, not counted) with its kind."""
     found = {}
-    pending = _children(root)
+    pending = children(root)
     while pending:
         pid = pending.pop()
         kind = kind_of(pid)
         if kind is not None:
             found[pid] = kind
-        pending += _children(pid)
+        pending += children(pid)
     return found
 
 
@@ -450,7 +453,7 @@ def profile_burst(stack, orders: int, directory: Path | None = None, *,
         documents = wait_terminal(stack.data_dir / "orders.db", [order_id for order_id, _ in accepted], 600)
         wait_quiet(pids, limit=sum(idle.values()) + QUIET_CPU_PER_S)
         after = CpuSnapshot.take(pids, profiled)
-        profiler_cpu = sum(process_cpu(spy) for spy in _children(os.getpid())
+        profiler_cpu = sum(process_cpu(spy) for spy in children(os.getpid())
                            if "py-spy" in Path(f"/proc/{spy}/cmdline").read_bytes().decode(errors="replace"))
     counters = server_counters(stack.env)
     events = event_counts(stack.prefect_api, started, datetime.now(UTC))

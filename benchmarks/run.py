@@ -41,6 +41,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.postgres import throwaway_postgres
+from benchmarks.profile import children
 from deployments.postgres import postgres_bin_dir
 from fulfillment.domain import Actor
 from fulfillment.settings import Settings
@@ -150,14 +151,6 @@ class Stack:
 ROLES = [("prefect_server", "prefect server"), ("server services start", "prefect services"),
          ("deployments.worker", "worker"), ("-m gateway", "gateway"), ("postgres", "postgresql"),
          ("redis-server", "redis")]
-
-
-def children(pid: int) -> list[int]:
-    try:
-        return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
-                for child in (task / "children").read_text().split()]
-    except FileNotFoundError:  # exited meanwhile
-        return []
 
 
 def descendants(pid: int) -> list[int]:

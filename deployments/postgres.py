@@ -1,8 +1,8 @@
 """A PostgreSQL cluster for Prefect from the machine's own installation: found, created once, and served.
 
 The scaled profile (`order-saga up --profile scaled`) keeps its cluster in the data directory; the benchmark
-makes a throwaway one. Nothing is downloaded: without PostgreSQL's binaries, `missing_binaries` says in one line
-how to install them. PostgreSQL refuses to run as root, so when this runs as root the cluster belongs to the
+makes a throwaway one. Nothing is downloaded: without PostgreSQL's binaries, `INSTALL_HINT` says in one line how
+to install them. PostgreSQL refuses to run as root, so when this runs as root the cluster belongs to the
 `postgres` user that Debian's package creates, and each directory above the cluster must let that user through.
 """
 

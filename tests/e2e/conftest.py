@@ -237,14 +237,6 @@ def stack_processes(stack: Stack, module: str) -> list[int]:
     return found
 
 
-def worker_processes_of(pid: int) -> list[int]:
-    """uvicorn's worker processes under `pid`: its children started by multiprocessing's spawn (not its
-    resource tracker)."""
-    children = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
-                for child in (task / "children").read_text().split()]
-    return [child for child in children if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
-
-
 CLAIM_SECONDS = 3
 """The chaos stack's `SagaClaimSeconds`: a paused or killed executor's sagas are taken over after this."""
 DOWNSTREAM_TIMEOUT_SECONDS = 3

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks.profile import spawned_children
 from deployments.postgres import postgres_bin_dir
 from tests.e2e.conftest import (
     RUN_STATE,
@@ -28,7 +29,6 @@ from tests.e2e.conftest import (
     stack_processes,
     start_stack,
     stop_stack,
-    worker_processes_of,
 )
 from tests.prefect_server import free_port
 from tests.system_packages import debian_packages
@@ -69,7 +69,7 @@ def place_orders(stack: Stack, ids: list[str]) -> None:
 
 def test_two_executors_and_two_api_processes_run_each_saga_once_while_one_of_each_is_killed(scaled_stack):
     [api] = stack_processes(scaled_stack, "deployments.prefect_server")
-    api_workers = worker_processes_of(api)
+    api_workers = spawned_children(api)
     executors = stack_processes(scaled_stack, "deployments.worker")
     assert len(api_workers) == 2 and len(executors) == 2
     ids: list[str] = []
@@ -99,7 +99,8 @@ def test_two_executors_and_two_api_processes_run_each_saga_once_while_one_of_eac
     assert sum(count >= ORDERS // 10 for count in finished_by.values()) >= 2, "the sagas spread over the executors"
     log = scaled_stack.log.read_text()
     assert "worker exited with code -9; restarting" in log or "worker 2 exited with code -9; restarting" in log
-    assert len(worker_processes_of(api)) == 2 and api_workers[0] not in worker_processes_of(api), "uvicorn replaced the API process"
+    replaced = spawned_children(api)
+    assert len(replaced) == 2 and api_workers[0] not in replaced, "uvicorn replaced the API process"
 
 
 def log_lines(log: Path) -> list[dict]:
