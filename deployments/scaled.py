@@ -62,7 +62,7 @@ class Backends:
     redis_server: str | None
 
 
-def find_backends(settings: Settings, environ: Mapping[str, str]) -> Backends:
+def find_backends(environ: Mapping[str, str]) -> Backends:
     """The binaries of the servers to start, or exits with one line saying how to install what is missing."""
     postgres_bin = redis_server = None
     if not environ.get(DATABASE_URL):

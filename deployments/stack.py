@@ -64,7 +64,7 @@ def up(settings: Settings, *, with_queue: bool = False, topology: Topology = ONE
     env = {**os.environ, **stack_environment(settings)}
     backends = None
     if topology.scaled:
-        backends = scaled.find_backends(settings, env)
+        backends = scaled.find_backends(env)
         scaled.data_dir_reachable(settings, backends)
         env.update(scaled.scaled_environment(settings, env))
     if with_queue:

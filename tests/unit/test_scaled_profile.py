@@ -43,7 +43,7 @@ def test_servers_named_by_the_environment_are_used_instead_of_started(tmp_path):
     environ = {"PREFECT_API_DATABASE_CONNECTION_URL": "postgresql+asyncpg://prefect@db.internal/prefect",
                "PREFECT_REDIS_MESSAGING_HOST": "redis.internal"}
 
-    backends = scaled.find_backends(settings, environ)
+    backends = scaled.find_backends(environ)
     env = scaled.scaled_environment(settings, environ)
     children = stack_children(settings, env, Topology(scaled=True), backends)
 
