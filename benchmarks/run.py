@@ -15,7 +15,8 @@ Legs, all over the same embedded stores and services:
 - peak RSS of each process, and the CPU seconds each process spends per saga in the bursts.
 The last line printed is the summary the issue asks for. `--only gateway` runs the gateway legs alone and
 prints them, without writing BENCHMARKS.md (for measuring a change to the gateway); `--only scaled` the same
-for the scaled profile's legs.
+for the scaled profile's legs, and `--only sagas` for the legs of the SQLite default (limit, product burst,
+default Prefect) and their ratio.
 """
 
 from __future__ import annotations
@@ -443,7 +444,7 @@ def versions() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run")
-    parser.add_argument("--only", choices=["gateway", "scaled"],
+    parser.add_argument("--only", choices=["gateway", "scaled", "sagas"],
                         help="run these legs alone and print them; BENCHMARKS.md is left as it is")
     only = parser.parse_args().only
     if only == "gateway":
@@ -451,6 +452,9 @@ def main() -> None:
         return
     if only == "scaled":
         scaled_only()
+        return
+    if only == "sagas":
+        sagas_only()
         return
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="order-saga-bench-") as tmp:
@@ -497,6 +501,19 @@ def gateway_only() -> None:
         if "requests_per_s" in leg:
             print(f"{name}: {leg['requests_per_s']} requests/s, {leg['requests_per_s'] / bare:.0%} of the bare route")
     print(f"schema alone, µs per request: {gateway['graphql_execution_us']}", flush=True)
+
+
+def sagas_only() -> None:
+    with tempfile.TemporaryDirectory(prefix="order-saga-bench-") as tmp:
+        work = Path(tmp)
+        limit = limit_leg(work)
+        with Stack(work, {}) as stack:
+            burst = product_leg(stack)["burst"]
+            default = default_prefect_leg(stack, work)
+    print(f"limit {limit['sagas_per_s']}/s; burst {burst['sagas_per_s']}/s "
+          f"(CPU-s per saga {burst['cpu_s_per_saga']}, API calls {burst['api_calls_per_saga']}); "
+          f"default Prefect {default['sagas_per_s']}/s; speedup {burst['sagas_per_s'] / default['sagas_per_s']:.1f}x",
+          flush=True)
 
 
 def scaled_only() -> None:
