@@ -1,4 +1,7 @@
-"""The limit of the gateway legs: a bare Starlette JSON route on the same uvicorn settings as the gateway."""
+"""The limit of the gateway legs: a bare Starlette JSON route on the same uvicorn settings as the gateway
+(`python -m benchmarks.bare_app PORT`), or on uvicorn's pure-Python HTTP parser and event loop
+(`python -m benchmarks.bare_app PORT pure`: h11 and asyncio, the gateway's settings before uvloop and httptools
+were dependencies, to compare with the runs of that time)."""
 
 from __future__ import annotations
 
@@ -17,4 +20,5 @@ async def order(request):
 app = Starlette(routes=[Route("/api/orders/{id}", order)])
 
 if __name__ == "__main__":
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
+    pure = {"http": "h11", "loop": "asyncio"} if sys.argv[2:] == ["pure"] else {}
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False, **pure)

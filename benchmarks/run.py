@@ -347,18 +347,21 @@ async def _default_leg(data_dir: Path) -> dict:
 
 # --- gateway legs -------------------------------------------------------------------------------
 
+PURE_BARE = "bare route on h11 + asyncio"
 GRAPHQL_ORDER = '{"query": "query($id: ID!) { order(id: $id) { id status totalAmount items { productId quantity } } }", "variables": {"id": "%s"}}'
 
 
 def gateway_legs(work: Path) -> dict:
     """Against a gateway of its own (no worker, so POSTed orders only queue), and the bare route."""
-    port, bare_port = free_port(), free_port()
+    port, bare_port, pure_port = free_port(), free_port(), free_port()
     env = {**os.environ, "OrderProcessing__DataDir": str(work / "gateway"), "OrderProcessing__GatewayPort": str(port),
            "LOG_LEVEL": "WARNING"}
     gateway = subprocess.Popen([PYTHON, "-m", "gateway"], cwd=ROOT, env=env)
     bare = subprocess.Popen([PYTHON, "-m", "benchmarks.bare_app", str(bare_port)], cwd=ROOT)
+    pure = subprocess.Popen([PYTHON, "-m", "benchmarks.bare_app", str(pure_port), "pure"], cwd=ROOT)
     try:
-        for url in (f"http://127.0.0.1:{port}/healthz", f"http://127.0.0.1:{bare_port}/api/orders/x"):
+        for url in (f"http://127.0.0.1:{port}/healthz", f"http://127.0.0.1:{bare_port}/api/orders/x",
+                    f"http://127.0.0.1:{pure_port}/api/orders/x"):
             _wait_http(url)
         order_id = httpx.post(f"http://127.0.0.1:{port}/api/orders", json=SEED).json()["id"]
         body = work / "order.json"
@@ -373,12 +376,13 @@ def gateway_legs(work: Path) -> dict:
             "GraphQL order(id)": _load(f"http://127.0.0.1:{port}/graphql", "POST", query),
             "REST POST /api/orders": _load(f"http://127.0.0.1:{port}/api/orders", "POST", body),
             "GraphQL { __typename } (floor)": _load(f"http://127.0.0.1:{port}/graphql", "POST", typename),
+            PURE_BARE: _load(f"http://127.0.0.1:{pure_port}/api/orders/{order_id}"),
         }
         legs["rss_mb"] = {"gateway": peak_rss_mb(gateway.pid), "bare route": peak_rss_mb(bare.pid)}
         legs["graphql_execution_us"] = graphql_execution_us(work)
         return legs
     finally:
-        for process in (gateway, bare):
+        for process in (gateway, bare, pure):
             process.terminate()
             process.wait(30)
 
@@ -438,7 +442,7 @@ def machine() -> str:
 def versions() -> str:
     from importlib.metadata import version
 
-    packages = ["prefect", "starlette", "uvicorn", "strawberry-graphql", "pydantic"]
+    packages = ["prefect", "starlette", "uvicorn", "uvloop", "httptools", "strawberry-graphql", "pydantic"]
     return ", ".join([f"Python {platform.python_version()}"] + [f"{p} {version(p)}" for p in packages])
 
 
@@ -665,6 +669,7 @@ def write_report(limit, product, default, postgres, scaled, gateway, rss, summar
         f"| {name} | {leg['requests_per_s']} | {round(leg['requests_per_s'] / bare, 2)} | {leg['p50_ms']} | "
         f"{leg['p99_ms']} | {leg['errors']} |" for name, leg in gateway.items()
         if name not in ("rss_mb", "graphql_execution_us"))
+    pure = gateway[PURE_BARE]["requests_per_s"]
     floor = gateway["GraphQL { __typename } (floor)"]["requests_per_s"] / bare
     execution = gateway["graphql_execution_us"]
     view_us = 1e6 / gateway["GraphQL { __typename } (floor)"]["requests_per_s"] - execution["{ __typename }"]
@@ -678,7 +683,15 @@ batch, one point read, eight fields through graphql-core). Executing the schema 
 request on this machine, against about {1e6 / bare:.0f} µs for a whole request to the bare route. So HTTP and
 Strawberry's view cost about {view_us:.0f} µs per request before execution (a floor request less its
 execution); at {GRAPHQL_TARGET:.0%} of the bare route a request may take {1e6 / (GRAPHQL_TARGET * bare):.0f} µs,
-which would leave {1e6 / (GRAPHQL_TARGET * bare) - view_us:.0f} µs to execute `order(id)`."""
+which would leave {1e6 / (GRAPHQL_TARGET * bare) - view_us:.0f} µs to execute `order(id)`.
+
+uvicorn serves the gateway, the bare route and the Prefect server on uvloop and httptools (dependencies since
+2026-11-30; the Prefect server spends 12-17% less CPU per saga on them). They make the bare route, whose time is
+nearly all HTTP parsing and the event loop, far faster than the gateway, whose time is mostly its own, so the
+ratios above fell when they came while the gateway's requests/s rose. The last row is the bare route on uvicorn's
+pure-Python parser and loop (h11, asyncio), as every run before had it: against that one, in this run, REST GET
+reaches {gateway["REST GET /api/orders/{id}"]["requests_per_s"] / pure:.0%} and GraphQL `order(id)`
+{gateway["GraphQL order(id)"]["requests_per_s"] / pure:.0%}."""
     rss_rows = {**{f"stack: {k}": v for k, v in rss.items()}, **{f"gateway leg: {k}": v for k, v in gateway["rss_mb"].items()}}
     (ROOT / "BENCHMARKS.md").write_text(f"""# Benchmarks
 
@@ -690,7 +703,7 @@ same run on the same machine; ratios compare legs of this run only.
 - **Settings:** the stack as `make up` starts it on embedded defaults: SQLite order store and services,
   Prefect server on SQLite (write transactions `BEGIN IMMEDIATE`, task runs recorded in batches), one worker
   executing flow runs in-process, {Settings().worker_concurrency} at once; uvicorn
-  defaults (h11, asyncio). Load generator: {GATEWAY_CONNECTIONS} keep-alive connections for
+  on uvloop and httptools (its `auto` choices once they are installed). Load generator: {GATEWAY_CONNECTIONS} keep-alive connections for
   {GATEWAY_SECONDS} s in its own process. Steady leg {STEADY_RATE:g} orders/s for {STEADY_SECONDS} s.
 
 ## Sagas
