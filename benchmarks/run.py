@@ -655,6 +655,12 @@ with the same counter patched into that version, burst of 150 on this machine):
 """
 
 
+def _execution_budget(us: float) -> str:
+    if us > 0:
+        return f"which would leave {us:.0f} µs to execute `order(id)`"
+    return "less than HTTP and Strawberry's view alone take: against this bare route that ratio cannot be reached"
+
+
 def write_report(limit, product, default, postgres, scaled, gateway, rss, summary, seconds) -> None:
     rows = [
         ("product, steady 2 orders/s", product["steady"]), ("product, burst", product["burst"]),
@@ -683,7 +689,7 @@ batch, one point read, eight fields through graphql-core). Executing the schema 
 request on this machine, against about {1e6 / bare:.0f} µs for a whole request to the bare route. So HTTP and
 Strawberry's view cost about {view_us:.0f} µs per request before execution (a floor request less its
 execution); at {GRAPHQL_TARGET:.0%} of the bare route a request may take {1e6 / (GRAPHQL_TARGET * bare):.0f} µs,
-which would leave {1e6 / (GRAPHQL_TARGET * bare) - view_us:.0f} µs to execute `order(id)`.
+{_execution_budget(1e6 / (GRAPHQL_TARGET * bare) - view_us)}.
 
 uvicorn serves the gateway, the bare route and the Prefect server on uvloop and httptools (dependencies since
 2026-11-30; the Prefect server spends 12-17% less CPU per saga on them). They make the bare route, whose time is
