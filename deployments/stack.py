@@ -18,7 +18,7 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlsplit
@@ -119,12 +119,16 @@ def stack_children(settings: Settings, env: Mapping[str, str], topology: Topolog
         *prefect_children(settings, topology, backends),
         *([Child("embedded services", services, f"{services_url(settings)}/healthz")]
           if settings.embedded_services_port else []),
-        *(Child("worker" if number == 1 else f"worker {number}", WORKER_COMMAND)
-          for number in range(1, topology.executors + 1)),
-        *(Child("servicebus listener" if number == 1 else f"servicebus listener {number}", listener)
-          for number in range(1, topology.listeners + 1) if client_factory(settings, env) is not None),
+        *numbered("worker", WORKER_COMMAND, topology.executors),
+        *(numbered("servicebus listener", listener, topology.listeners)
+          if client_factory(settings, env) is not None else []),
         Child("gateway", [sys.executable, "-m", "gateway"], f"{gateway}/healthz"),
     ]
+
+
+def numbered(name: str, command: Sequence[str], count: int) -> list[Child]:
+    """`count` processes of one command, named `name`, `name 2`, `name 3`, ..."""
+    return [Child(name if number == 1 else f"{name} {number}", command) for number in range(1, count + 1)]
 
 
 def prefect_children(settings: Settings, topology: Topology, backends: scaled.Backends | None) -> list[Child]:
@@ -165,5 +169,3 @@ def scale_line(topology: Topology) -> str:
         return f"\n  executors {topology.executors}" if topology.executors > 1 else ""
     return (f"\n  scaled    {topology.api_workers} Prefect API processes + services on PostgreSQL and Redis, "
             f"{topology.executors} executors")
-
-
