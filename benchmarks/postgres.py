@@ -4,7 +4,6 @@ temporary directory, on a free port, removed afterwards."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -13,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from deployments.postgres import cluster_user, create_cluster, database_url, server_command
+from deployments.supervisor import accepts_connections
 
 START_TIMEOUT_S = 30
 
@@ -38,11 +38,7 @@ def throwaway_postgres(bin_dir: Path, port: int) -> Iterator[str]:
 
 def wait_for_port(port: int, server: subprocess.Popen) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"PostgreSQL did not start on port {port}") from None
-            time.sleep(0.2)
+    while not accepts_connections(port):
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"PostgreSQL did not start on port {port}")
+        time.sleep(0.2)

@@ -42,14 +42,21 @@ class Child:
 
     def is_ready(self) -> bool:
         """Whether the started process serves; a child with neither probe is ready once started."""
-        try:
-            if self.ready_url is not None:
+        if self.ready_url is not None:
+            try:
                 return httpx.get(self.ready_url, timeout=1).status_code == 200
-            if self.ready_port is not None:
-                socket.create_connection(("127.0.0.1", self.ready_port), timeout=1).close()
-            return True
-        except (httpx.HTTPError, OSError):
-            return False
+            except httpx.HTTPError:
+                return False
+        return self.ready_port is None or accepts_connections(self.ready_port)
+
+
+def accepts_connections(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:`port`."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
