@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,7 +53,6 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # --- the stack's processes -----------------------------------------------------------------------
 
-PYTHON_KINDS = ("prefect server", "prefect api", "prefect services", "executor", "gateway")
 
 
 def kind_of(pid: int) -> str | None:
@@ -205,11 +204,11 @@ def py_spy() -> str:
 def recording(pids: Iterable[int], directory: Path, rate: int = PY_SPY_RATE) -> Iterator[dict[int, Path]]:
     """py-spy records each process (collapsed stacks with thread ids) until the block ends."""
     directory.mkdir(parents=True, exist_ok=True)
-    outputs, spies = {}, {}
+    outputs, spies, command = {}, {}, py_spy()
     for pid in pids:
         outputs[pid] = directory / f"{pid}.raw"
         log = (directory / f"{pid}.py-spy.log").open("w")
-        spies[pid] = subprocess.Popen([py_spy(), "record", "--pid", str(pid), "--format", "raw", "--threads",
+        spies[pid] = subprocess.Popen([command, "record", "--pid", str(pid), "--format", "raw", "--threads",
                                        "--rate", str(rate), "--output", str(outputs[pid])],
                                       stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -428,11 +427,9 @@ def by_kind(values: dict[int, float], kinds: dict[int, str]) -> dict[str, float]
     return dict(totals)
 
 
-def profile_burst(stack, orders: int, directory: Path | None = None, *,
-                  place: Callable[[str, int], list[str]] | None = None) -> Profile:
-    """Profiles a burst of `orders` against a running `benchmarks.run.Stack` (py-spy output kept in `directory`;
-    None: CPU from /proc only, no py-spy). `place(gateway, count)` posts the orders and returns their ids
-    (default: back to back, as the bench's burst)."""
+def profile_burst(stack, orders: int, directory: Path | None = None) -> Profile:
+    """Profiles a burst of `orders`, posted back to back as the bench's burst, against a running
+    `benchmarks.run.Stack` (py-spy output kept in `directory`; None: CPU from /proc only, no py-spy)."""
     from benchmarks.run import post_orders, prefect_api_calls, saga_numbers, wait_terminal
 
     kinds = stack_processes(stack.process.pid)
@@ -448,8 +445,7 @@ def profile_burst(stack, orders: int, directory: Path | None = None, *,
     started = datetime.now(UTC)
     with recording(profiled, directory) if directory else contextlib.nullcontext({}) as outputs:
         before = CpuSnapshot.take(pids, profiled)
-        accepted = (post_orders(stack.gateway, orders, None) if place is None
-                    else [(order_id, 0.0) for order_id in place(stack.gateway, orders)])
+        accepted = post_orders(stack.gateway, orders, None)
         documents = wait_terminal(stack.data_dir / "orders.db", [order_id for order_id, _ in accepted], 600)
         wait_quiet(pids, limit=sum(idle.values()) + QUIET_CPU_PER_S)
         after = CpuSnapshot.take(pids, profiled)
@@ -457,13 +453,13 @@ def profile_burst(stack, orders: int, directory: Path | None = None, *,
                            if "py-spy" in Path(f"/proc/{spy}/cmdline").read_bytes().decode(errors="replace"))
     counters = server_counters(stack.env)
     events = event_counts(stack.prefect_api, started, datetime.now(UTC))
-    stack_cpu = sum(after.processes[pid] - before.processes[pid] for pid in pids)
+    cpu = {pid: after.processes[pid] - before.processes[pid] for pid in pids}
+    stack_cpu = sum(cpu.values())
     foreign = (after.machine[0] - before.machine[0] - stack_cpu) / (after.at - before.at)
     stolen = (after.machine[1] - before.machine[1]) / (after.at - before.at)
     numbers = saga_numbers(accepted, documents)
     calls = {route: (total - calls_before.get(route, 0.0)) / max(numbers["terminal"], 1)
              for route, total in prefect_api_calls(stack.gateway).items() if total > calls_before.get(route, 0.0)}
-    cpu = {pid: after.processes[pid] - before.processes[pid] for pid in pids}
     weights: dict[str, Counter[tuple[Frame, ...]]] = defaultdict(Counter)
     for pid in profiled:
         for stack_frames, seconds in thread_weights(read_raw(outputs[pid]), before.threads[pid],
@@ -513,10 +509,7 @@ def thread_weights(stacks: dict[int, Counter[tuple[Frame, ...]]], before: dict[i
         weights[(NO_PYTHON,)] += seconds
     rest = max(process_seconds - accounted, 0.0)
     if rest:
-        if gone:
-            _share(weights, sum(gone.values(), Counter()), rest)
-        else:
-            _share(weights, sum(stacks.values(), Counter()), rest)
+        _share(weights, sum((gone or stacks).values(), Counter()), rest)
     return weights
 
 

@@ -203,9 +203,9 @@ def dockerignore_keeps(path: str, ignore_file: Path = DEPLOY / "Dockerfile.docke
 
 # --- shared ----------------------------------------------------------------------------------------------
 
-def host_port_path(url: str, default_port: int | None = None) -> tuple[str, int | None, str]:
+def host_port_path(url: str) -> tuple[str, int | None, str]:
     parts = urlsplit(url)
-    return parts.hostname or "", parts.port or default_port, parts.path
+    return parts.hostname or "", parts.port, parts.path
 
 
 def flattened(values: dict, prefix: str = "") -> set[str]:

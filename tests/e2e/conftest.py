@@ -223,7 +223,7 @@ def flow_runs_by_name(stack, order_ids: list[str]) -> dict[str, list[str]]:
     return found
 
 
-def stack_processes(stack: Stack, module: str) -> list[int]:
+def pids_running(stack: Stack, module: str) -> list[int]:
     """The pids of the stack's processes running `python -m <module>` (found by their data dir)."""
     marker = f"OrderProcessing__DataDir={stack.data_dir}".encode()
     found = []
@@ -282,8 +282,9 @@ class Executors:
     def stack_worker_pid(self) -> int:
         """The pid of the executor that `make up` supervises."""
         ours = {process.pid for process in self.started}
-        [pid] = [pid for pid in stack_processes(self._stack, "deployments.worker") if pid not in ours]
-        return pid
+        pids = [pid for pid in pids_running(self._stack, "deployments.worker") if pid not in ours]
+        assert len(pids) == 1, f"the stack's worker is not running as one process: {pids}"
+        return pids[0]
 
     def stop_all(self) -> None:
         for process in self.started:

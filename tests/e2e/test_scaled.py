@@ -24,9 +24,9 @@ from deployments.postgres import postgres_bin_dir
 from tests.e2e.conftest import (
     RUN_STATE,
     Stack,
+    pids_running,
     runs_in_step,
     settled,
-    stack_processes,
     start_stack,
     stop_stack,
 )
@@ -68,9 +68,9 @@ def place_orders(stack: Stack, ids: list[str]) -> None:
 
 
 def test_two_executors_and_two_api_processes_run_each_saga_once_while_one_of_each_is_killed(scaled_stack):
-    [api] = stack_processes(scaled_stack, "deployments.prefect_server")
+    [api] = pids_running(scaled_stack, "deployments.prefect_server")
     api_workers = spawned_children(api)
-    executors = stack_processes(scaled_stack, "deployments.worker")
+    executors = pids_running(scaled_stack, "deployments.worker")
     assert len(api_workers) == 2 and len(executors) == 2
     ids: list[str] = []
     submitter = threading.Thread(target=place_orders, args=(scaled_stack, ids), daemon=True)
